@@ -1,0 +1,44 @@
+# The two commands: `make run` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PROMETHEUS_MULTIPROC_DIR ?= $(CURDIR)/var/prometheus_multiproc
+
+.PHONY: run worker demo test test-fast lint services install clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## run: migrate, then worker + beat + metrics endpoint (http://127.0.0.1:8001/metrics) in the foreground
+run: $(STAMP)
+	$(BIN)/panic-metrics migrate
+	$(BIN)/celery -A workers.celery_app worker --beat --queues events,scheduled --loglevel INFO
+
+## demo: fire a realistic stream of sample events at the running worker (another terminal)
+demo: $(STAMP)
+	$(BIN)/panic-metrics demo --rate 20
+
+## test: lint, then the whole suite on real Redis and PostgreSQL (installed and started here)
+test: $(STAMP) lint services
+	$(BIN)/python -m pytest
+
+## test-fast: unit tests only, no services
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m 'not integration'
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+services:
+	bash scripts/test-services.sh
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

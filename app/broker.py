@@ -1,0 +1,39 @@
+"""How to reach the broker: transport options per transport, and a reachability check."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from kombu import Connection
+
+from app.config import Settings, get_settings
+
+
+def transport_options(settings: Settings) -> dict[str, Any]:
+    """Transport options for the configured broker."""
+    if settings.broker_url.startswith("filesystem://"):
+        folder = settings.broker_folder.resolve()
+        for sub in ("queue", "control"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "control_folder": str(folder / "control"),
+            "store_processed": False,
+        }
+    # Redis: an unacknowledged message (acks_late) comes back after this long,
+    # which must exceed the longest retry countdown a worker holds.
+    return {"visibility_timeout": 2 * settings.task_retry_backoff_max_seconds + 600}
+
+
+def check_broker(settings: Settings | None = None) -> dict[str, Any]:
+    """Whether the broker answers, and how fast; never raises."""
+    settings = settings or get_settings()
+    started = time.perf_counter()
+    try:
+        with Connection(settings.broker_url, transport_options=transport_options(settings)) as connection:
+            connection.ensure_connection(max_retries=1, timeout=2)
+    except Exception as exc:  # noqa: BLE001 - any failure means unreachable; the reason is reported
+        return {"ok": False, "error": type(exc).__name__}
+    return {"ok": True, "latency_seconds": round(time.perf_counter() - started, 4)}

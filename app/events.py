@@ -1,0 +1,295 @@
+"""The event catalogue: what each kind of metric event is, one pydantic model per kind.
+
+Every model validates a payload exactly as app code sends it through `.delay()`
+(JSON), so the error of a bad payload names the field and the rule it broke.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from app.config import get_settings
+
+# A day: no panic response or HTTP request is longer, so a bigger value is a bug.
+MAX_DURATION_SECONDS = 86_400.0
+MAX_MONEY = Decimal("1000000000")
+
+Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+LabelName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_\-]{0,63}$")]
+Seconds = Annotated[float, Field(ge=0, le=MAX_DURATION_SECONDS, allow_inf_nan=False, strict=True)]
+Money = Annotated[Decimal, Field(ge=0, le=MAX_MONEY, allow_inf_nan=False)]
+Timestamp = AwareDatetime
+Count = Annotated[int, Field(ge=0, le=1_000_000_000, strict=True)]
+
+
+class ServiceType(StrEnum):
+    SECURITY = "security"
+    MEDICAL = "medical"
+    FIRE = "fire"
+
+
+class PanicStatus(StrEnum):
+    REQUESTED = "requested"
+    ACCEPTED = "accepted"
+    EN_ROUTE = "en_route"
+    ARRIVED = "arrived"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    PRANK = "prank"
+
+
+class NotificationChannel(StrEnum):
+    PUSH = "push"
+    SMS = "sms"
+    EMAIL = "email"
+    IN_APP = "in_app"
+
+
+class NotificationStatus(StrEnum):
+    SENT = "sent"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class SubscriptionAction(StrEnum):
+    PURCHASED = "purchased"
+    RENEWED = "renewed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+class CreditTransactionType(StrEnum):
+    PURCHASE = "purchase"
+    SPEND = "spend"
+    REFUND = "refund"
+    ADJUSTMENT = "adjustment"
+
+
+class HttpMethod(StrEnum):
+    GET = "GET"
+    HEAD = "HEAD"
+    POST = "POST"
+    PUT = "PUT"
+    PATCH = "PATCH"
+    DELETE = "DELETE"
+    OPTIONS = "OPTIONS"
+
+
+# A path segment that is a number or a UUID means the caller sent the raw path,
+# whose ids would explode the series count; the route template is wanted.
+_RAW_SEGMENT = re.compile(
+    r"^(\d+|[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12})$"
+)
+
+
+class Event(BaseModel):
+    """Fields every event has: its identity and when it happened."""
+
+    # Lax only where JSON has no native type (UUIDs, timestamps, enums as strings,
+    # decimals); numbers and booleans are strict so "180" or 1 for True is refused.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str
+    event_id: Annotated[uuid.UUID, Field(default_factory=uuid.uuid4)]
+    occurred_at: Annotated[Timestamp, Field(default_factory=lambda: datetime.now(UTC))]
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _not_in_the_future(cls, value: datetime) -> datetime:
+        skew = timedelta(seconds=get_settings().max_clock_skew_seconds)
+        if value > datetime.now(UTC) + skew:
+            raise PydanticCustomError(
+                "future_timestamp", "occurred_at is in the future beyond {skew}s", {"skew": skew.total_seconds()}
+            )
+        return value.astimezone(UTC)
+
+
+class PanicRequestEvent(Event):
+    """A panic request changed status (requested, accepted, ..., completed)."""
+
+    kind: Literal["panic_request"] = "panic_request"
+    service_type: ServiceType
+    status: PanicStatus
+    zone: Identifier
+    firm_id: Identifier | None = None
+    response_time: Seconds | None = None
+
+
+class AuthEvent(Event):
+    """A login attempt."""
+
+    kind: Literal["auth"] = "auth"
+    user_type: LabelName
+    success: Annotated[bool, Field(strict=True)]
+    account_locked: Annotated[bool, Field(strict=True)] = False
+
+
+class NotificationEvent(Event):
+    """A notification sent to a customer or a firm."""
+
+    kind: Literal["notification"] = "notification"
+    channel: NotificationChannel
+    status: NotificationStatus
+    notification_type: LabelName
+
+
+class SubscriptionEvent(Event):
+    """A subscription was purchased, renewed, cancelled or expired."""
+
+    kind: Literal["subscription"] = "subscription"
+    subscription_id: Identifier
+    plan: LabelName
+    action: SubscriptionAction
+    amount: Money | None = None
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] | None = None
+    expires_at: Timestamp | None = None
+
+
+class CreditTransactionEvent(Event):
+    """Credits bought, spent, refunded or adjusted by a customer."""
+
+    kind: Literal["credit_transaction"] = "credit_transaction"
+    customer_id: Identifier
+    type: CreditTransactionType
+    credits: Count
+    amount: Money | None = None
+
+
+class PrankDetectionEvent(Event):
+    """A detector flagged a panic request as a prank."""
+
+    kind: Literal["prank_detection"] = "prank_detection"
+    request_id: Identifier
+    zone: Identifier
+    firm_id: Identifier | None = None
+    detector: LabelName
+
+
+class HttpRequestEvent(Event):
+    """One request served by the platform's web app, by route template."""
+
+    kind: Literal["http_request"] = "http_request"
+    method: HttpMethod
+    endpoint: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^/[^?#\s]*$")]
+    status: Annotated[int, Field(ge=100, le=599, strict=True)]
+    duration: Seconds
+
+    @field_validator("endpoint")
+    @classmethod
+    def _route_template(cls, value: str) -> str:
+        if any(_RAW_SEGMENT.match(segment) for segment in value.split("/")):
+            raise PydanticCustomError("raw_path", "endpoint must be the route template, not the raw path")
+        return value
+
+
+class GaugeReportEvent(Event):
+    """A periodic report from the web app: open WebSockets, cache hits and misses since the last."""
+
+    kind: Literal["gauge_report"] = "gauge_report"
+    source: LabelName = "web"
+    websocket_connections: Count | None = None
+    cache_hits: Count = 0
+    cache_misses: Count = 0
+
+    @model_validator(mode="after")
+    def _reports_something(self) -> Self:
+        if self.websocket_connections is None and not (self.cache_hits or self.cache_misses):
+            raise PydanticCustomError("empty_report", "a gauge report needs at least one value")
+        return self
+
+
+AnyEvent = Annotated[
+    PanicRequestEvent
+    | AuthEvent
+    | NotificationEvent
+    | SubscriptionEvent
+    | CreditTransactionEvent
+    | PrankDetectionEvent
+    | HttpRequestEvent
+    | GaugeReportEvent,
+    Field(discriminator="kind"),
+]
+
+EVENT_MODELS: dict[str, type[Event]] = {
+    "panic_request": PanicRequestEvent,
+    "auth": AuthEvent,
+    "notification": NotificationEvent,
+    "subscription": SubscriptionEvent,
+    "credit_transaction": CreditTransactionEvent,
+    "prank_detection": PrankDetectionEvent,
+    "http_request": HttpRequestEvent,
+    "gauge_report": GaugeReportEvent,
+}
+EVENT_KINDS = tuple(EVENT_MODELS)
+
+_ANY_EVENT: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
+
+
+class InvalidEvent(ValueError):
+    """A payload that is not a valid event; `reason` is a short, bounded code."""
+
+    def __init__(self, kind: str, reason: str, detail: str, event_id: str | None) -> None:
+        super().__init__(f"{kind}: {reason}: {detail}")
+        self.kind = kind
+        self.reason = reason
+        self.detail = detail
+        self.event_id = event_id
+
+
+def _known_kind(payload: Any) -> str:
+    kind = payload.get("kind") if isinstance(payload, dict) else None
+    return kind if isinstance(kind, str) and kind in EVENT_MODELS else "unknown"
+
+
+def _event_id_of(payload: Any) -> str | None:
+    value = payload.get("event_id") if isinstance(payload, dict) else None
+    return value[:64] if isinstance(value, str) else None
+
+
+def _invalid(kind: str, payload: Any, exc: ValidationError) -> InvalidEvent:
+    first = exc.errors(include_url=False, include_input=False)[0]
+    loc = first["loc"][1:] if first["loc"][:1] == (kind,) else first["loc"]
+    where = ".".join(str(part) for part in loc) or "payload"
+    return InvalidEvent(kind, first["type"], f"{where}: {first['msg']}", _event_id_of(payload))
+
+
+def parse_event(kind: str, payload: Any) -> Event:
+    """Validate one payload of a known kind; raise InvalidEvent with a reason when it is bad."""
+    model = EVENT_MODELS.get(kind)
+    if model is None:
+        raise InvalidEvent("unknown", "unknown_kind", f"no event kind {kind!r}", _event_id_of(payload))
+    if isinstance(payload, dict) and payload.get("kind", kind) != kind:
+        raise InvalidEvent(kind, "kind_mismatch", f"payload kind is not {kind!r}", _event_id_of(payload))
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise _invalid(kind, payload, exc) from None
+
+
+def parse_any_event(payload: Any) -> Event:
+    """Validate one payload that names its own kind (the batch path)."""
+    kind = _known_kind(payload)
+    if kind == "unknown":
+        raise InvalidEvent("unknown", "unknown_kind", "payload has no known 'kind'", _event_id_of(payload))
+    try:
+        return _ANY_EVENT.validate_python(payload)
+    except ValidationError as exc:
+        raise _invalid(kind, payload, exc) from None

@@ -1,0 +1,22 @@
+"""Metric definitions, the multiprocess registry and the HTTP endpoint.
+
+prometheus_client picks its multiprocess value class when it is first
+imported, from PROMETHEUS_MULTIPROC_DIR, so this package sets that variable
+from the settings before anything below imports prometheus_client.
+"""
+
+from __future__ import annotations
+
+import os
+
+from app.config import get_settings
+
+
+def _point_prometheus_client_at_the_directory() -> None:
+    directory = os.environ.setdefault(
+        "PROMETHEUS_MULTIPROC_DIR", str(get_settings().prometheus_multiproc_dir.resolve())
+    )
+    os.makedirs(directory, exist_ok=True)
+
+
+_point_prometheus_client_at_the_directory()

@@ -1,0 +1,337 @@
+# mypy: untyped-calls-exclude=prometheus_client
+"""Merge the metric files of dead processes into one archive per file type.
+
+prometheus_client's multiprocess mode leaves one mmap file per process and
+metric type. This module folds the files of dead processes into archive files
+written in the library's own format (``counter_archive.db``,
+``gauge_max_archive.db``, ...), so the stock ``MultiProcessCollector`` still
+reads the directory correctly, while its size no longer grows with every
+child Celery recycles.
+
+A merge is made crash safe with a redo journal and made invisible to scrapes
+with a ``flock`` on a lock file in the directory; see ``compact``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypedDict
+
+from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.multiprocess import mark_process_dead
+
+from app.metrics.dirlock import directory_lock
+
+#: Stands where a pid stands in an archive's file name. The stock collector
+#: only uses that part of the name as the ``pid`` label of ``all`` gauges,
+#: which are never archived, so any non-numeric word without ``_`` works.
+ARCHIVE_ID = "archive"
+JOURNAL_NAME = "compaction.journal"
+#: Work files must not end in ``.db``: every collector globs ``*.db``.
+TMP_SUFFIX = ".tmp"
+
+Entry = tuple[float, float]  # (value, timestamp) as MmapedDict stores them
+
+
+class Journal(TypedDict):
+    """The redo record of one merge, committed before any visible change."""
+
+    version: int
+    archives: list[tuple[str, str]]  # (tmp name, final name)
+    sources: list[tuple[str, int, int]]  # (name, st_dev, st_ino)
+
+
+def _add(old: Entry, new: Entry) -> Entry:
+    return old[0] + new[0], old[1]
+
+
+def _max(old: Entry, new: Entry) -> Entry:
+    return new if new[0] > old[0] else old
+
+
+def _min(old: Entry, new: Entry) -> Entry:
+    return new if new[0] < old[0] else old
+
+
+def _latest(old: Entry, new: Entry) -> Entry:
+    # Strictly later wins, as in the stock collector; timestamp 0 means
+    # "never set" and is ignored by the collector whatever we keep.
+    return new if new[1] > old[1] else old
+
+
+#: How two values of one series in files of one prefix combine, so that the
+#: collector's answer over the archive equals its answer over the originals.
+#: ``live*`` gauges of dead processes are dropped (mark_process_dead) and
+#: ``all`` gauges are left alone: the collector labels them with the pid of
+#: their file, which an archive cannot carry.
+MERGE_RULES: dict[str, Callable[[Entry, Entry], Entry]] = {
+    "counter": _add,
+    "histogram": _add,  # raw per-bucket counts; the collector accumulates
+    "summary": _add,
+    "gauge_sum": _add,
+    "gauge_max": _max,
+    "gauge_min": _min,
+    "gauge_mostrecent": _latest,
+}
+
+
+@dataclass(frozen=True)
+class CompactionReport:
+    """What one ``compact`` call did."""
+
+    merged_pids: tuple[int, ...]
+    removed_files: tuple[str, ...]
+    #: ``gauge_all_<pid>.db`` files of dead processes, kept as the stock
+    #: collector keeps them (their series carry the pid label).
+    kept_files: tuple[str, ...]
+    bytes_before: int
+    bytes_after: int
+    #: True when an interrupted merge was finished or rolled back first.
+    recovered: bool
+
+
+# ---------------------------------------------------------------- test seam
+#: Called with the name of each step of a merge and of its recovery. Tests
+#: set it to simulate a crash between any two steps; it is None in service.
+_fault_hook: Callable[[str], None] | None = None
+
+
+def _checkpoint(step: str) -> None:
+    if _fault_hook is not None:
+        _fault_hook(step)
+
+
+# -------------------------------------------------------------------- files
+def parse_db_name(name: str) -> tuple[str, str] | None:
+    """Split ``gauge_livesum_123.db`` into ``("gauge_livesum", "123")``."""
+    if not name.endswith(".db"):
+        return None
+    prefix, sep, ident = name[:-3].rpartition("_")
+    return (prefix, ident) if sep and prefix else None
+
+
+def db_files(path: Path) -> list[Path]:
+    """The files a collector reads, in a stable order."""
+    return sorted(path.glob("*.db"))
+
+
+def _total_bytes(files: Iterable[Path]) -> int:
+    total = 0
+    for f in files:
+        with contextlib.suppress(FileNotFoundError):
+            total += f.stat().st_size
+    return total
+
+
+def read_entries(file: Path) -> Iterator[tuple[str, float, float]]:
+    """Yield (key, value, timestamp) of one file, read with the library."""
+    # A process killed before MmapedDict wrote the header leaves a file too
+    # short to hold one; it holds no values either.
+    if file.stat().st_size < 8:
+        return
+    for key, value, timestamp, _pos in MmapedDict.read_all_values_from_file(str(file)):
+        yield str(key), float(value), float(timestamp)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_archive(tmp: Path, entries: dict[str, Entry]) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # MmapedDict appends to an existing file
+    mmaped = MmapedDict(str(tmp))
+    try:
+        for key, (value, timestamp) in entries.items():
+            mmaped.write_value(key, value, timestamp)
+    finally:
+        mmaped.close()
+    _fsync_path(tmp)  # munmap left the pages dirty in the page cache
+
+
+def _merge_entries(prefix: str, files: Iterable[Path]) -> dict[str, Entry]:
+    rule = MERGE_RULES[prefix]
+    merged: dict[str, Entry] = {}
+    for file in files:
+        for key, value, timestamp in read_entries(file):
+            old = merged.get(key)
+            merged[key] = (value, timestamp) if old is None else rule(old, (value, timestamp))
+    return merged
+
+
+# ------------------------------------------------------------------ journal
+def _write_journal(path: Path, journal: Journal) -> None:
+    tmp = path / (JOURNAL_NAME + TMP_SUFFIX)
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(journal, f)
+        f.flush()
+        os.fsync(f.fileno())
+    _checkpoint("journal_written")
+    os.replace(tmp, path / JOURNAL_NAME)
+    _fsync_path(path)  # the rename is the commit point: make it durable
+    _checkpoint("journal_committed")
+
+
+def _roll_forward(path: Path, journal: Journal) -> None:
+    """Finish a committed merge; safe to repeat after a crash at any step."""
+    for tmp, final in journal["archives"]:
+        # rename is atomic: while tmp exists, final still holds the old
+        # archive the new one was computed from.
+        if (path / tmp).exists():
+            os.replace(path / tmp, path / final)
+            _checkpoint(f"renamed:{final}")
+    for name, dev, ino in journal["sources"]:
+        source = path / name
+        try:
+            st = source.stat()
+        except FileNotFoundError:
+            continue
+        # Same name but another inode: a new process reused the pid after
+        # the merge was committed. Its file is not ours to remove.
+        if (st.st_dev, st.st_ino) == (dev, ino):
+            source.unlink()
+            _checkpoint(f"unlinked:{name}")
+    _fsync_path(path)
+    (path / JOURNAL_NAME).unlink()
+    _fsync_path(path)
+    _checkpoint("journal_removed")
+
+
+def _parse_journal(raw: object) -> Journal:
+    # The journal is renamed into place only once complete and fsynced, so
+    # anything unexpected is damage an operator must see, not guess past.
+    if not isinstance(raw, dict) or raw.get("version") != 1:
+        raise ValueError(f"unreadable compaction journal: {raw!r}")
+    return {
+        "version": 1,
+        "archives": [(str(tmp), str(final)) for tmp, final in raw["archives"]],
+        "sources": [(str(name), int(dev), int(ino)) for name, dev, ino in raw["sources"]],
+    }
+
+
+def recover_locked(path: Path) -> bool:
+    """Finish a committed merge, or drop the work files of an uncommitted one.
+
+    The caller holds the exclusive lock. Returns True if there was anything
+    to do.
+    """
+    did_something = False
+    journal_path = path / JOURNAL_NAME
+    if journal_path.exists():
+        with open(journal_path, encoding="utf-8") as f:
+            journal = _parse_journal(json.load(f))
+        _roll_forward(path, journal)
+        did_something = True
+    # Without a journal no merge was committed; its sources are intact, so
+    # its half-written archives are garbage.
+    for tmp in path.glob("*" + TMP_SUFFIX):
+        tmp.unlink()
+        did_something = True
+    return did_something
+
+
+# ----------------------------------------------------------------- compact
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (signal 0 checks, sends none).
+
+    A zombie counts as alive until reaped; a reused pid makes a dead process
+    look alive, which only delays its merge until the new process dies too.
+    """
+    if pid <= 0:
+        return False  # kill(0, ...) would address our own process group
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def compact(path: Path, *, is_alive: Callable[[int], bool] = pid_alive) -> CompactionReport:
+    """Fold the files of dead processes into the archive; drop their live gauges.
+
+    Under the exclusive lock: finish any interrupted merge, find pids with
+    files here whose process is dead, remove their ``gauge_live*`` files
+    (``mark_process_dead``), then merge their counter, histogram, summary and
+    ``sum``/``max``/``min``/``mostrecent`` gauge files into the archive:
+    new archives are written to ``*.tmp`` files and fsynced, a journal naming
+    them and the sources is committed by an atomic rename, then the archives
+    are renamed into place, the sources unlinked and the journal removed.
+    A crash before the commit leaves sources and old archive untouched; a
+    crash after it is finished by the next ``recover``/``compact``/scrape.
+    """
+    path = Path(path)
+    with directory_lock(path, exclusive=True):
+        recovered = recover_locked(path)
+        before = db_files(path)
+        bytes_before = _total_bytes(before)
+
+        parsed = [(f, parse_db_name(f.name)) for f in before]
+        pids = {int(p[1]) for _, p in parsed if p is not None and p[1].isdigit()}
+        dead = sorted(pid for pid in pids if not is_alive(pid))
+        dead_ids = {str(pid) for pid in dead}
+
+        # Dropping live gauges of dead processes is mark_process_dead's job;
+        # it is idempotent, so it needs no journal.
+        removed = [
+            f.name for f, p in parsed
+            if p is not None and p[1] in dead_ids and p[0].startswith("gauge_live")
+        ]
+        for pid in dead:
+            mark_process_dead(pid, str(path))
+        if dead:
+            _checkpoint("live_gauges_dropped")
+
+        sources: dict[str, list[Path]] = {}
+        kept: list[str] = []
+        for f, p in parsed:
+            if p is None or p[1] not in dead_ids:
+                continue
+            if p[0] in MERGE_RULES:
+                sources.setdefault(p[0], []).append(f)
+            elif p[0] == "gauge_all":
+                kept.append(f.name)
+        if sources:
+            _merge(path, sources)
+            removed.extend(f.name for files in sources.values() for f in files)
+        removed_set = set(removed)
+        merged_pids = sorted({int(p[1]) for f, p in parsed if p is not None and f.name in removed_set})
+        return CompactionReport(
+            merged_pids=tuple(merged_pids),
+            removed_files=tuple(sorted(removed)),
+            kept_files=tuple(kept),
+            bytes_before=bytes_before,
+            bytes_after=_total_bytes(db_files(path)),
+            recovered=recovered,
+        )
+
+
+def _merge(path: Path, sources: dict[str, list[Path]]) -> None:
+    archives: list[tuple[str, str]] = []
+    for prefix in sorted(sources):
+        final = path / f"{prefix}_{ARCHIVE_ID}.db"
+        inputs = ([final] if final.exists() else []) + sources[prefix]
+        tmp = path / (final.name + TMP_SUFFIX)
+        _write_archive(tmp, _merge_entries(prefix, inputs))
+        _checkpoint(f"archive_written:{prefix}")
+        archives.append((tmp.name, final.name))
+    _fsync_path(path)  # the journal must not name files a power cut can lose
+    _checkpoint("archives_synced")
+    listed: list[tuple[str, int, int]] = []
+    for files in sources.values():
+        for f in files:
+            st = f.stat()
+            listed.append((f.name, st.st_dev, st.st_ino))
+    journal: Journal = {"version": 1, "archives": archives, "sources": listed}
+    _write_journal(path, journal)
+    _roll_forward(path, journal)

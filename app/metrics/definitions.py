@@ -1,0 +1,141 @@
+"""Every metric of the worker, with its help text, labels and bucket rationale.
+
+Label values come from bounded sets (enums in app.events) or pass through a
+cap (app.metrics.labels): no user, customer or request id is ever a label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# --- panic requests -------------------------------------------------------
+
+PANIC_REQUESTS = Counter(
+    "panic_requests_total",
+    "Panic request status changes recorded.",
+    ["service_type", "status", "zone"],
+)
+# A response takes from seconds (an officer already nearby) to half an hour
+# (rural fire); the buckets are denser in the 1-10 minute band the SLA lives in.
+PANIC_RESPONSE_TIME = Histogram(
+    "panic_request_response_time_seconds",
+    "Time from a panic request to the firm's response.",
+    ["service_type", "zone"],
+    buckets=(5, 10, 15, 30, 45, 60, 90, 120, 180, 240, 300, 420, 600, 900, 1200, 1800),
+)
+PRANK_DETECTIONS = Counter(
+    "prank_detections_total",
+    "Panic requests flagged as pranks, by detector.",
+    ["zone", "detector"],
+)
+
+# --- customers and auth ---------------------------------------------------
+
+AUTH_LOGIN_ATTEMPTS = Counter(
+    "auth_login_attempts_total",
+    "Login attempts by user type and result (success or failure).",
+    ["user_type", "result"],
+)
+AUTH_ACCOUNT_LOCKOUTS = Counter(
+    "auth_account_lockouts_total",
+    "Accounts locked after a failed login.",
+    ["user_type"],
+)
+NOTIFICATIONS = Counter(
+    "notifications_total",
+    "Notifications by channel, delivery status and type.",
+    ["channel", "status", "notification_type"],
+)
+SUBSCRIPTION_EVENTS = Counter(
+    "subscription_events_total",
+    "Subscription purchases, renewals, cancellations and expiries.",
+    ["plan", "action"],
+)
+CREDIT_TRANSACTIONS = Counter(
+    "credit_transactions_total",
+    "Credit transactions by type.",
+    ["type"],
+)
+CREDITS = Counter(
+    "credits_total",
+    "Credits moved, by transaction type.",
+    ["type"],
+)
+
+# --- the web app ------------------------------------------------------------
+
+HTTP_REQUESTS = Counter(
+    "http_requests_total",
+    "Requests served by the platform's web app, by route template.",
+    ["method", "endpoint", "status"],
+)
+# Web requests: 5 ms (cache hit) to 30 s (the web app's own timeout).
+HTTP_REQUEST_DURATION = Histogram(
+    "http_request_duration_seconds",
+    "Duration of requests served by the platform's web app.",
+    ["method", "endpoint"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+# The web app reports its current count; the latest report wins.
+WEBSOCKET_CONNECTIONS = Gauge(
+    "websocket_connections",
+    "Open WebSocket connections last reported by each web app source.",
+    ["source"],
+    multiprocess_mode="mostrecent",
+)
+CACHE_REQUESTS = Counter(
+    "cache_requests_total",
+    "Cache lookups reported by the web app, by result (hit or miss).",
+    ["result"],
+)
+
+# --- the pipeline itself ------------------------------------------------------
+
+EVENTS_STORED = Counter(
+    "metrics_events_stored_total",
+    "Events newly stored (and counted), by kind.",
+    ["kind"],
+)
+EVENTS_DUPLICATE = Counter(
+    "metrics_events_duplicate_total",
+    "Events whose event_id was already stored: redeliveries, not counted again.",
+    ["kind"],
+)
+EVENTS_REJECTED = Counter(
+    "metrics_events_rejected_total",
+    "Payloads rejected by validation, by kind and reason (a pydantic error type).",
+    ["kind", "reason"],
+)
+EVENTS_DEAD_LETTERED = Counter(
+    "metrics_events_dead_lettered_total",
+    "Events set aside after the retry budget ran out; replay them with `panic-metrics replay`.",
+    ["kind"],
+)
+# Lag from milliseconds (healthy) to a day (a replayed dead letter or a late
+# batch from a phone that was offline).
+EVENT_LAG = Histogram(
+    "metrics_event_lag_seconds",
+    "Time from an event's occurred_at (since=occurred) or its publish (since=published) to stored.",
+    ["kind", "since"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400),
+)
+
+# --- celery tasks -------------------------------------------------------------
+
+# Event tasks take milliseconds; scheduled aggregations up to a minute or two.
+TASK_DURATION = Histogram(
+    "celery_task_duration_seconds",
+    "Run time of each task, by task name.",
+    ["task"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+TASK_FAILURES = Counter(
+    "celery_task_failures_total",
+    "Tasks that failed for good (after retries), by task name.",
+    ["task"],
+)
+TASK_RETRIES = Counter(
+    "celery_task_retries_total",
+    "Task retries (database unreachable), by task name.",
+    ["task"],
+)

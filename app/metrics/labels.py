@@ -1,0 +1,76 @@
+"""Label caps: free-text label values (zones, firms, endpoints, ...) are admitted
+up to a per-dimension cap; past it they are recorded as `other`.
+
+The admitted set lives in the `label_values` table so every process and host
+agrees on it; each process keeps what it learned in memory, so the database is
+asked once per new value, inside the transaction that stores the event.
+Concurrent first sightings may overshoot a cap by the number of concurrent
+writers, never more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import func, literal, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from app.config import Settings, get_settings
+from app.db.models import LabelValue
+
+OTHER = "other"
+
+# dimension -> the setting that caps it
+_CAPS: dict[str, Callable[[Settings], int]] = {
+    "zone": lambda s: s.max_zones,
+    "firm": lambda s: s.max_firms,
+    "endpoint": lambda s: s.max_endpoints,
+    "notification_type": lambda s: s.max_notification_types,
+    "plan": lambda s: s.max_plans,
+    "user_type": lambda s: s.max_small_dimension,
+    "detector": lambda s: s.max_small_dimension,
+    "source": lambda s: s.max_small_dimension,
+}
+DIMENSIONS = tuple(_CAPS)
+
+
+class LabelCaps:
+    """Maps raw label values to capped ones, remembering decisions per process."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self._settings = settings or get_settings()
+        self._admitted: dict[str, set[str]] = {d: set() for d in _CAPS}
+        self._refused: dict[str, set[str]] = {d: set() for d in _CAPS}
+
+    def cap(self, session: Session, dimension: str, value: str) -> str:
+        """`value` if it is admitted under the dimension's cap, else `other`."""
+        if value in self._admitted[dimension]:
+            return value
+        if value in self._refused[dimension]:
+            return OTHER
+        admitted = _admit(session, dimension, value, _CAPS[dimension](self._settings))
+        # A refusal is remembered only up to the cap's size so a flood of
+        # unique values cannot grow this process's memory without bound.
+        if admitted:
+            self._admitted[dimension].add(value)
+        elif len(self._refused[dimension]) < _CAPS[dimension](self._settings):
+            self._refused[dimension].add(value)
+        return value if admitted else OTHER
+
+
+def _admit(session: Session, dimension: str, value: str, cap: int) -> bool:
+    room = (
+        select(func.count()).select_from(LabelValue).where(LabelValue.dimension == dimension).scalar_subquery()
+        < cap
+    )
+    source = select(literal(dimension), literal(value)).where(room)
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    session.execute(
+        insert(LabelValue).from_select(["dimension", "value"], source).on_conflict_do_nothing()
+    )
+    found = session.execute(
+        select(LabelValue.value).where(LabelValue.dimension == dimension, LabelValue.value == value)
+    ).first()
+    return found is not None

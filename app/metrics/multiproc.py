@@ -1,0 +1,156 @@
+# mypy: untyped-calls-exclude=prometheus_client
+"""The multiprocess directory: its life cycle, its scrapes, its health.
+
+By the book (prometheus_client's multiprocess docs): the worker's main
+process wipes the directory before the pool starts, and every scrape reads it
+through a fresh registry. On top of that, ``compact`` (see
+``app.metrics.compaction``) folds the files of dead children into an archive,
+and scrapes read under a shared lock so that they never see half a merge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from app.metrics.compaction import (
+    JOURNAL_NAME,
+    TMP_SUFFIX,
+    CompactionReport,
+    compact,
+    db_files,
+    pid_alive,
+    recover_locked,
+)
+from app.metrics.dirlock import directory_lock
+
+__all__ = [
+    "CompactionReport",
+    "DirectoryCollector",
+    "DirectoryStats",
+    "collect_registry",
+    "compact",
+    "directory_stats",
+    "pid_alive",
+    "prepare_directory",
+    "recover",
+    "wipe_directory",
+    "writable",
+]
+
+#: /health calls the directory unwritable below this much free space: the
+#: library grows its files with a sparse truncate, so a full disk shows up
+#: as SIGBUS in a child writing a metric, not as an error anyone sees.
+MIN_FREE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class DirectoryStats:
+    """Size of what a scrape reads: the ``*.db`` files and their bytes."""
+
+    files: int
+    bytes: int
+
+
+def prepare_directory(path: Path) -> None:
+    """Create the directory if missing and finish any interrupted merge."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    recover(path)
+
+
+def recover(path: Path) -> bool:
+    """Finish a merge a crash interrupted after its commit, or roll it back.
+
+    Returns True if there was anything to do. ``compact`` and scrapes do this
+    on their own; call it where a merge may have been cut short, e.g. at start.
+    """
+    path = Path(path)
+    with directory_lock(path, exclusive=True):
+        return recover_locked(path)
+
+
+def wipe_directory(path: Path) -> None:
+    """Remove every metric file, archive and merge leftover: a fresh start.
+
+    Call it in the worker's main process before the pool starts and before
+    any metric object exists in this process: a process keeps writing into
+    the mmap of a file unlinked under it, and those writes are lost.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with directory_lock(path, exclusive=True):
+        # Journal first: a crash mid-wipe must not leave a journal that
+        # names archives or sources of a run we are throwing away.
+        (path / JOURNAL_NAME).unlink(missing_ok=True)
+        for f in [*path.glob("*" + TMP_SUFFIX), *path.glob("*.db")]:
+            f.unlink(missing_ok=True)
+
+
+class DirectoryCollector(Collector):
+    """The stock collector's merge, reading the directory under its shared lock.
+
+    The archive files are in the library's format, so the stock merge gives
+    the same samples it would give for the files before any compaction.
+    """
+
+    def __init__(self, path: Path, registry: CollectorRegistry | None = None) -> None:
+        if not Path(path).is_dir():
+            raise ValueError(f"multiprocess directory {path} does not exist")
+        self._dir = Path(path)
+        if registry is not None:
+            registry.register(self)
+
+    def _read(self) -> list[Metric]:
+        files = [str(f) for f in db_files(self._dir)]
+        return list(MultiProcessCollector.merge(files, accumulate=True))
+
+    def collect(self) -> Iterable[Metric]:
+        """Read every ``*.db`` file, archives included, as one consistent state."""
+        with directory_lock(self._dir, exclusive=False):
+            # A compactor holds the exclusive lock for a whole merge, so a
+            # journal seen here belongs to one that died half way.
+            if not (self._dir / JOURNAL_NAME).exists():
+                return self._read()
+        with directory_lock(self._dir, exclusive=True):
+            recover_locked(self._dir)
+            return self._read()
+
+
+def collect_registry(path: Path) -> CollectorRegistry:
+    """A fresh registry for one scrape, collecting the whole directory."""
+    registry = CollectorRegistry()
+    DirectoryCollector(Path(path), registry)
+    return registry
+
+
+def directory_stats(path: Path) -> DirectoryStats:
+    """Count and size the files a scrape reads (apparent size, not blocks)."""
+    files = 0
+    size = 0
+    for f in db_files(Path(path)):
+        with contextlib.suppress(FileNotFoundError):  # a dead child's live gauge
+            size += f.stat().st_size
+            files += 1
+    return DirectoryStats(files=files, bytes=size)
+
+
+def writable(path: Path) -> bool:
+    """Whether new metric files can be created here, for /health."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".writable-", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+        stat = os.statvfs(path)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize >= MIN_FREE_BYTES

@@ -1,0 +1,75 @@
+"""The Celery app: configuration, queues, routing and the signals that feed metrics."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from celery import Celery, signals
+from kombu import Exchange, Queue
+
+from app.broker import transport_options
+from app.config import Settings, get_settings
+from app.logs import configure_logging
+
+EVENTS_QUEUE = "events"
+SCHEDULED_QUEUE = "scheduled"
+PUBLISHED_AT_HEADER = "published_at"
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """Build the Celery app from settings."""
+    settings = settings or get_settings()
+    celery = Celery("panic_metrics", include=["workers.tasks.events", "workers.lifecycle"])
+    celery.conf.update(
+        broker_url=settings.broker_url,
+        broker_transport_options=transport_options(settings),
+        broker_connection_retry_on_startup=True,
+        # JSON only: a pickle payload on a shared broker is remote code execution.
+        task_serializer="json",
+        accept_content=["json"],
+        event_serializer="json",
+        result_accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        # Ack after the event is stored; a killed worker's messages are redelivered
+        # and the unique event_id keeps them from being counted twice.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=4,
+        worker_concurrency=settings.worker_concurrency,
+        worker_max_tasks_per_child=settings.worker_max_tasks_per_child or None,
+        task_default_queue=EVENTS_QUEUE,
+        task_queues=(
+            Queue(EVENTS_QUEUE, Exchange(EVENTS_QUEUE), routing_key=EVENTS_QUEUE),
+            Queue(SCHEDULED_QUEUE, Exchange(SCHEDULED_QUEUE), routing_key=SCHEDULED_QUEUE),
+        ),
+        task_routes={
+            "panic_metrics.events.*": {"queue": EVENTS_QUEUE, "routing_key": EVENTS_QUEUE},
+            "panic_metrics.scheduled.*": {"queue": SCHEDULED_QUEUE, "routing_key": SCHEDULED_QUEUE},
+        },
+        # Flower follows tasks through these events.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        # Our JSON logging, not Celery's.
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        beat_schedule_filename=str((settings.prometheus_multiproc_dir.parent / "celerybeat-schedule").resolve()),
+    )
+    return celery
+
+
+app = create_app()
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    configure_logging(get_settings().log_level)
+
+
+@signals.before_task_publish.connect
+def _stamp_publish_time(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    # The publish time rides in the message so the worker can measure the lag
+    # from publish to stored; a retry republishes with the original stamp.
+    if headers is not None:
+        headers.setdefault(PUBLISHED_AT_HEADER, time.time())

@@ -1,0 +1,76 @@
+"""Worker signals: the multiprocess directory, the endpoint thread, task metrics."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from typing import Any
+
+from celery import signals
+
+from app.config import get_settings
+from app.db.session import dispose_engines
+from app.metrics import definitions as m
+from app.metrics.endpoint import EndpointServer, multiproc_dir
+
+log = logging.getLogger(__name__)
+
+_endpoint: EndpointServer | None = None
+_task_started: dict[str, float] = {}
+
+
+@signals.worker_init.connect
+def _clear_multiproc_dir(**_: Any) -> None:
+    # By the book: the directory is wiped before the pool starts, so counts of
+    # a previous run (whose processes are gone) do not linger.
+    directory = multiproc_dir()
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True, exist_ok=True)
+
+
+@signals.worker_ready.connect
+def _start_endpoint(**_: Any) -> None:
+    global _endpoint  # noqa: PLW0603 - one endpoint per worker main process
+    settings = get_settings()
+    if settings.metrics_enabled and _endpoint is None:
+        _endpoint = EndpointServer(settings.metrics_host, settings.metrics_port)
+        _endpoint.start()
+        log.info("metrics endpoint started", extra={"host": settings.metrics_host, "port": settings.metrics_port})
+
+
+@signals.worker_shutdown.connect
+def _stop_endpoint(**_: Any) -> None:
+    if _endpoint is not None:
+        _endpoint.stop()
+
+
+@signals.worker_process_init.connect
+def _fresh_connections(**_: Any) -> None:
+    # A forked child must not share the parent's pooled database connections.
+    dispose_engines()
+
+
+@signals.task_prerun.connect
+def _task_started_at(task_id: str | None = None, **_: Any) -> None:
+    if task_id:
+        _task_started[task_id] = time.perf_counter()
+
+
+@signals.task_postrun.connect
+def _task_finished(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    started = _task_started.pop(task_id or "", None)
+    if started is not None and task is not None:
+        m.TASK_DURATION.labels(task=task.name).observe(time.perf_counter() - started)
+
+
+@signals.task_failure.connect
+def _task_failed(sender: Any = None, **_: Any) -> None:
+    if sender is not None:
+        m.TASK_FAILURES.labels(task=sender.name).inc()
+
+
+@signals.task_retry.connect
+def _task_retried(sender: Any = None, **_: Any) -> None:
+    if sender is not None:
+        m.TASK_RETRIES.labels(task=sender.name).inc()

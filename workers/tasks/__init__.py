@@ -1,0 +1,1 @@
+"""Celery tasks: event tasks (queue `events`) and scheduled jobs (queue `scheduled`)."""
