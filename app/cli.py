@@ -9,8 +9,9 @@ from pathlib import Path
 
 
 def _migrate(_: argparse.Namespace) -> int:
-    from alembic import command
     from alembic.config import Config
+
+    from alembic import command
 
     root = Path(__file__).resolve().parent.parent
     command.upgrade(Config(str(root / "alembic.ini")), "head")

@@ -95,9 +95,7 @@ class HttpMethod(StrEnum):
 
 # A path segment that is a number or a UUID means the caller sent the raw path,
 # whose ids would explode the series count; the route template is wanted.
-_RAW_SEGMENT = re.compile(
-    r"^(\d+|[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12})$"
-)
+_RAW_SEGMENT = re.compile(r"^(\d+|[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12})$")
 
 
 class Event(BaseModel):

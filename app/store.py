@@ -49,7 +49,9 @@ def event_row(event: Event, *, published_at: datetime | None) -> dict[str, Any]:
         case AuthEvent():
             row.update(user_type=event.user_type, success=event.success, account_locked=event.account_locked)
         case NotificationEvent():
-            row.update(channel=event.channel.value, status=event.status.value, notification_type=event.notification_type)
+            row.update(
+                channel=event.channel.value, status=event.status.value, notification_type=event.notification_type
+            )
         case SubscriptionEvent():
             row.update(
                 subscription_id=event.subscription_id,

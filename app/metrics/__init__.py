@@ -8,6 +8,7 @@ from the settings before anything below imports prometheus_client.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from app.config import get_settings
 
@@ -16,7 +17,7 @@ def _point_prometheus_client_at_the_directory() -> None:
     directory = os.environ.setdefault(
         "PROMETHEUS_MULTIPROC_DIR", str(get_settings().prometheus_multiproc_dir.resolve())
     )
-    os.makedirs(directory, exist_ok=True)
+    Path(directory).mkdir(parents=True, exist_ok=True)
 
 
 _point_prometheus_client_at_the_directory()

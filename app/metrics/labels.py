@@ -60,16 +60,11 @@ class LabelCaps:
 
 
 def _admit(session: Session, dimension: str, value: str, cap: int) -> bool:
-    room = (
-        select(func.count()).select_from(LabelValue).where(LabelValue.dimension == dimension).scalar_subquery()
-        < cap
-    )
+    room = select(func.count()).select_from(LabelValue).where(LabelValue.dimension == dimension).scalar_subquery() < cap
     source = select(literal(dimension), literal(value)).where(room)
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(
-        insert(LabelValue).from_select(["dimension", "value"], source).on_conflict_do_nothing()
-    )
+    session.execute(insert(LabelValue).from_select(["dimension", "value"], source).on_conflict_do_nothing())
     found = session.execute(
         select(LabelValue.value).where(LabelValue.dimension == dimension, LabelValue.value == value)
     ).first()

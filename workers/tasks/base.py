@@ -22,12 +22,12 @@ _EVENT_ID_NAMESPACE = uuid.UUID("6f1d4c1e-8b0f-4bd4-9a54-1f0b1c3f6e2a")
 
 def with_event_ids(payloads: Sequence[Any], task_id: str) -> list[Any]:
     """Give every dict payload without an event_id one that is stable for this message."""
-    stamped = []
-    for index, payload in enumerate(payloads):
-        if isinstance(payload, dict) and "event_id" not in payload:
-            payload = {**payload, "event_id": str(uuid.uuid5(_EVENT_ID_NAMESPACE, f"{task_id}:{index}"))}
-        stamped.append(payload)
-    return stamped
+    return [
+        {**payload, "event_id": str(uuid.uuid5(_EVENT_ID_NAMESPACE, f"{task_id}:{index}"))}
+        if isinstance(payload, dict) and "event_id" not in payload
+        else payload
+        for index, payload in enumerate(payloads)
+    ]
 
 
 class EventTask(Task):  # type: ignore[type-arg]
@@ -52,7 +52,10 @@ class EventTask(Task):  # type: ignore[type-arg]
                 m.EVENTS_DEAD_LETTERED.labels(kind=kind or "batch").inc(len(payloads))
                 return {"stored": 0, "duplicates": 0, "rejected": 0, "dead_lettered": len(payloads)}
             countdown = get_exponential_backoff_interval(
-                factor=1, retries=self.request.retries, maximum=settings.task_retry_backoff_max_seconds, full_jitter=True
+                factor=1,
+                retries=self.request.retries,
+                maximum=settings.task_retry_backoff_max_seconds,
+                full_jitter=True,
             )
             raise self.retry(exc=exc, countdown=countdown, max_retries=None) from exc
         return {"stored": result.stored, "duplicates": result.duplicates, "rejected": result.rejected}

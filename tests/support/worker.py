@@ -1,0 +1,133 @@
+"""A real `celery worker` (prefork) with its metrics endpoint, started by a test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.services import free_port, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """GET a /metrics page and parse it into {(sample name, labels): value}."""
+    response = httpx.get(url, timeout=10)
+    response.raise_for_status()
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples: Mapping[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    """One sample's value, 0 when the series does not exist (yet)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def total(samples: Mapping[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    """The sum of every series of `name` whose labels include `labels`."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
+class Worker:
+    """`celery worker` in a subprocess, with the environment a test gives it."""
+
+    def __init__(self, env: Mapping[str, str], workdir: Path, *, concurrency: int = 2, extra: tuple[str, ...] = ()):
+        self.port = free_port()
+        self.workdir = workdir
+        self.multiproc_dir = workdir / "prometheus_multiproc"
+        self.log_path = workdir / f"worker-{self.port}.log"
+        self.env = {
+            **os.environ,
+            "METRICS_PORT": str(self.port),
+            "METRICS_HOST": "127.0.0.1",
+            "PROMETHEUS_MULTIPROC_DIR": str(self.multiproc_dir),
+            "DEAD_LETTER_DIR": str(workdir / "dead_letter"),
+            **env,
+        }
+        self.argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.celery_app",
+            "worker",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            str(concurrency),
+            "--queues",
+            "events,scheduled",
+            "--hostname",
+            f"test-{self.port}@%h",
+            "--without-mingle",
+            "--without-gossip",
+            *extra,
+        ]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/metrics"
+
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/health"
+
+    def start(self, timeout: float = 60) -> Worker:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=log)
+        wait_until(self._ready, timeout=timeout, what=f"worker endpoint on {self.port} (log: {self.log_path})")
+        return self
+
+    def _ready(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"worker exited with {self.process.returncode}; log:\n{self.log()[-4000:]}")
+        try:
+            return httpx.get(self.health_url, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def scrape(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        return scrape(self.metrics_url)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def children(self) -> list[int]:
+        """Pids of the pool's child processes."""
+        assert self.process is not None
+        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True, check=False)
+        return [int(pid) for pid in out.stdout.split()]
+
+    def kill(self) -> None:
+        """SIGKILL the main process and its children: a machine losing power, as far as Celery knows."""
+        if self.process is None:
+            return
+        for pid in self.children():
+            os.kill(pid, signal.SIGKILL)
+        self.process.kill()
+        self.process.wait(timeout=10)
+        self.process = None
+
+    def stop(self) -> None:
+        """Warm shutdown (SIGTERM), then SIGKILL if it hangs."""
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self.process = None
