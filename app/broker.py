@@ -22,9 +22,7 @@ def transport_options(settings: Settings) -> dict[str, Any]:
             "control_folder": str(folder / "control"),
             "store_processed": False,
         }
-    # Redis: an unacknowledged message (acks_late) comes back after this long,
-    # which must exceed the longest retry countdown a worker holds.
-    return {"visibility_timeout": 2 * settings.task_retry_backoff_max_seconds + 600}
+    return {"visibility_timeout": settings.broker_visibility_timeout_seconds}
 
 
 def check_broker(settings: Settings | None = None) -> dict[str, Any]:

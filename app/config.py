@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 VAR_DIR = Path("var")
@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     worker_concurrency: Annotated[int, Field(ge=1, le=256)] = 2
     worker_max_tasks_per_child: Annotated[int, Field(ge=0)] = 1000
 
+    # Redis redelivers a message not acknowledged within this time (acks_late):
+    # the recovery time after a worker host dies. Keep it above the longest
+    # retry countdown, or a message waiting to retry is also redelivered.
+    broker_visibility_timeout_seconds: Annotated[int, Field(ge=1)] = 3600
     task_max_retries: Annotated[int, Field(ge=0, le=100)] = 10
     task_retry_backoff_max_seconds: Annotated[int, Field(ge=1)] = 600
     dead_letter_dir: Path = VAR_DIR / "dead_letter"
@@ -56,6 +60,30 @@ class Settings(BaseSettings):
     event_retention_days: Annotated[int, Field(ge=1)] = 30
     snapshot_retention_days: Annotated[int, Field(ge=1)] = 400
 
+    # --- scheduled jobs (beat_schedule.py) ---
+    health_refresh_interval_seconds: Annotated[int, Field(ge=1)] = 60
+    subscription_refresh_interval_seconds: Annotated[int, Field(ge=1)] = 60
+    # Zone and firm performance windows, aligned to the UTC day (12:00-12:05);
+    # the job runs once a window.
+    performance_window_seconds: Annotated[int, Field(ge=1, le=86_400)] = 300
+    # A window is aggregated this long after it ends, so events in flight land in it.
+    performance_grace_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
+    # After an outage the job fills in at most this many missed windows (a day of 5 minutes).
+    performance_backfill_windows: Annotated[int, Field(ge=1, le=10_000)] = 288
+    cleanup_interval_seconds: Annotated[int, Field(ge=1)] = 86_400
+    # Raw events deleted (and rolled up) per statement: bounds how long a lock is held.
+    cleanup_batch_size: Annotated[int, Field(ge=1, le=50_000)] = 5000
+    # Daily rollups of deleted events (the archive) are kept this long.
+    rollup_retention_days: Annotated[int, Field(ge=1)] = 730
+    # A cleanup that holds its window longer than this is presumed dead; another may take over.
+    job_lease_seconds: Annotated[int, Field(ge=1)] = 3600
+    # Alertmanager (its /-/healthy and /api/v2/alerts); unset: not monitored.
+    alertmanager_url: str | None = None
+    # The Redis whose clients, memory and hit ratio are reported; default: the broker, if Redis.
+    redis_url: str | None = None
+    # Bearer token for the endpoint's POST routes; unset: no token needed.
+    metrics_api_token: SecretStr | None = None
+
     log_level: str = "INFO"
 
     @field_validator("database_url")
@@ -67,6 +95,14 @@ class Settings(BaseSettings):
                 return "postgresql+psycopg://" + value[len(prefix) :]
         if not value.startswith(("postgresql+psycopg://", "sqlite://")):
             raise ValueError("must be a postgresql:// or sqlite:// URL")
+        return value
+
+    @field_validator("performance_window_seconds")
+    @classmethod
+    def _divides_the_day(cls, value: int) -> int:
+        # Windows are aligned to midnight UTC: every day must hold whole windows.
+        if 86_400 % value:
+            raise ValueError("must divide 86400 (a day) so windows align, e.g. 60, 300, 900, 3600")
         return value
 
     @field_validator("log_level")

@@ -9,11 +9,12 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -32,11 +33,33 @@ from app.config import get_settings
 MAX_DURATION_SECONDS = 86_400.0
 MAX_MONEY = Decimal("1000000000")
 
-Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+# The `metric_events.amount` column keeps four decimal places.
+MONEY_QUANTUM = Decimal("0.0001")
+
+
+def _in_utc(value: datetime) -> datetime:
+    # SQLite keeps a datetime's wall time and drops its offset, so every
+    # timestamp is stored in UTC; year 1 at +01:00 has no UTC equivalent.
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise PydanticCustomError("datetime_out_of_range", "timestamp has no UTC equivalent") from None
+
+
+def _to_column_scale(value: Decimal) -> Decimal:
+    # PostgreSQL refuses an exponent like 1e-20000 instead of rounding it.
+    return value.quantize(MONEY_QUANTUM, rounding=ROUND_HALF_UP)
+
+
+# Control characters are refused: PostgreSQL text cannot hold NUL, and none
+# belongs in a zone, an id or a label.
+Identifier = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128, pattern=r"^[^\x00-\x1F\x7F]+$")
+]
 LabelName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_\-]{0,63}$")]
 Seconds = Annotated[float, Field(ge=0, le=MAX_DURATION_SECONDS, allow_inf_nan=False, strict=True)]
-Money = Annotated[Decimal, Field(ge=0, le=MAX_MONEY, allow_inf_nan=False)]
-Timestamp = AwareDatetime
+Money = Annotated[Decimal, Field(ge=0, le=MAX_MONEY, allow_inf_nan=False), AfterValidator(_to_column_scale)]
+Timestamp = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 Count = Annotated[int, Field(ge=0, le=1_000_000_000, strict=True)]
 
 
@@ -117,7 +140,7 @@ class Event(BaseModel):
             raise PydanticCustomError(
                 "future_timestamp", "occurred_at is in the future beyond {skew}s", {"skew": skew.total_seconds()}
             )
-        return value.astimezone(UTC)
+        return value
 
 
 class PanicRequestEvent(Event):
@@ -186,7 +209,7 @@ class HttpRequestEvent(Event):
 
     kind: Literal["http_request"] = "http_request"
     method: HttpMethod
-    endpoint: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^/[^?#\s]*$")]
+    endpoint: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^/[^?#\s\x00-\x1F\x7F]*$")]
     status: Annotated[int, Field(ge=100, le=599, strict=True)]
     duration: Seconds
 

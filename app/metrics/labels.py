@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings, get_settings
 from app.db.models import LabelValue
+from app.store import on_commit
 
 OTHER = "other"
 
@@ -50,13 +51,18 @@ class LabelCaps:
         if value in self._refused[dimension]:
             return OTHER
         admitted = _admit(session, dimension, value, _CAPS[dimension](self._settings))
+        # Remembered only once the admission is committed: a value remembered
+        # from a rolled-back transaction would be this process's alone.
+        on_commit(session, lambda: self._remember(dimension, value, admitted=admitted))
+        return value if admitted else OTHER
+
+    def _remember(self, dimension: str, value: str, *, admitted: bool) -> None:
         # A refusal is remembered only up to the cap's size so a flood of
         # unique values cannot grow this process's memory without bound.
         if admitted:
             self._admitted[dimension].add(value)
         elif len(self._refused[dimension]) < _CAPS[dimension](self._settings):
             self._refused[dimension].add(value)
-        return value if admitted else OTHER
 
 
 def _admit(session: Session, dimension: str, value: str, cap: int) -> bool:

@@ -44,6 +44,7 @@ class Worker:
 
     def __init__(self, env: Mapping[str, str], workdir: Path, *, concurrency: int = 2, extra: tuple[str, ...] = ()):
         self.port = free_port()
+        self.hostname = f"test-{self.port}@localhost"
         self.workdir = workdir
         self.multiproc_dir = workdir / "prometheus_multiproc"
         self.log_path = workdir / f"worker-{self.port}.log"
@@ -69,7 +70,7 @@ class Worker:
             "--queues",
             "events,scheduled",
             "--hostname",
-            f"test-{self.port}@%h",
+            self.hostname,
             "--without-mingle",
             "--without-gossip",
             *extra,
@@ -86,8 +87,8 @@ class Worker:
 
     def start(self, timeout: float = 60) -> Worker:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=log)
+        with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=log)
         wait_until(self._ready, timeout=timeout, what=f"worker endpoint on {self.port} (log: {self.log_path})")
         return self
 

@@ -1,0 +1,51 @@
+"""The embedded default: no server at all, SQLite and the filesystem broker, a real prefork worker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.services import wait_until
+from tests.support.worker import ROOT, Worker, total, value
+
+pytestmark = pytest.mark.integration
+
+PUBLISH = """
+from workers.tasks.events import record_events, record_panic_request_metrics
+for i in range(25):
+    record_panic_request_metrics.delay(service_type="fire", status="completed", zone="embedded", response_time=90.0)
+record_events.delay([{"kind": "auth", "user_type": "guest", "success": True}] * 5)
+"""
+
+
+def test_embedded_default_records_and_exposes_events(tmp_path: Path) -> None:
+    """With no servers configured, events fired with .delay() are stored in SQLite and shown on /metrics."""
+    env = {
+        "BROKER_URL": "filesystem://",
+        "BROKER_FOLDER": str(tmp_path / "broker"),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'panic_metrics.sqlite3'}",
+    }
+    full_env = {**os.environ, **env, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "publisher_multiproc")}
+    subprocess.run([sys.executable, "-m", "app.cli", "migrate"], cwd=ROOT, env=full_env, check=True)
+    worker = Worker(env, tmp_path / "worker").start()
+    try:
+        subprocess.run([sys.executable, "-c", PUBLISH], cwd=ROOT, env=full_env, check=True)
+        wait_until(
+            lambda: total(worker.scrape(), "panic_requests_total", zone="embedded") == 25,
+            timeout=60,
+            what="25 panic requests counted",
+        )
+        samples = worker.scrape()
+        assert value(samples, "panic_request_response_time_seconds_count", service_type="fire", zone="embedded") == 25
+        # The batch repeats one payload five times; each copy gets its own event id.
+        wait_until(
+            lambda: value(worker.scrape(), "auth_login_attempts_total", user_type="guest", result="success") == 5,
+            timeout=30,
+            what="the batch counted",
+        )
+    finally:
+        worker.stop()

@@ -1,0 +1,95 @@
+"""Faults: a worker SIGKILLed mid-stream loses nothing and counts nothing twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from app.db.models import MetricEvent
+from tests.integration.conftest import WorkerFactory
+from tests.support.services import wait_until
+from tests.support.worker import total
+from workers.tasks import events as tasks
+
+pytestmark = pytest.mark.integration
+
+BATCHES = 400
+PER_BATCH = 50
+VISIBILITY_TIMEOUT = 3
+
+
+def stored_in_zone(engine: Engine, zone: str) -> int:
+    with engine.connect() as connection:
+        query = select(func.count()).select_from(MetricEvent).where(MetricEvent.zone == zone)
+        return int(connection.execute(query).scalar_one())
+
+
+def test_worker_killed_mid_stream_then_restarted_stores_everything_once(
+    start_worker: WorkerFactory, pg_engine: Engine, unique: str
+) -> None:
+    """SIGKILL of the whole worker mid-stream: after a restart every event is stored once and counted once."""
+    # A short visibility timeout so the killed worker's unacknowledged messages
+    # come back within the test rather than in an hour.
+    first = start_worker(BROKER_VISIBILITY_TIMEOUT_SECONDS=str(VISIBILITY_TIMEOUT))
+    for batch in range(BATCHES):
+        tasks.record_events.delay(
+            [
+                {
+                    "kind": "panic_request",
+                    "event_id": f"00000000-0000-4000-8000-{batch * PER_BATCH + i:012d}".replace("00000000", unique[1:9]),
+                    "service_type": "security",
+                    "status": "requested",
+                    "zone": unique,
+                }
+                for i in range(PER_BATCH)
+            ]
+        )
+    wait_until(lambda: stored_in_zone(pg_engine, unique) >= 5 * PER_BATCH, timeout=60, what="some batches stored")
+    first.kill()
+    stored_before_restart = stored_in_zone(pg_engine, unique)
+    assert stored_before_restart < BATCHES * PER_BATCH, "the worker finished before it could be killed"
+
+    # Redis hands the killed worker's unacknowledged messages to the next worker
+    # that starts once their visibility timeout has passed: a restart after an outage.
+    killed_at = time.monotonic()
+    wait_until(lambda: time.monotonic() - killed_at > VISIBILITY_TIMEOUT + 0.5, timeout=10, what="visibility timeout")
+    second = start_worker(BROKER_VISIBILITY_TIMEOUT_SECONDS=str(VISIBILITY_TIMEOUT))
+    wait_until(
+        lambda: stored_in_zone(pg_engine, unique) == BATCHES * PER_BATCH, timeout=120, what="every event stored"
+    )
+    wait_until(
+        lambda: total(second.scrape(), "panic_requests_total", zone=unique)
+        == BATCHES * PER_BATCH - stored_before_restart,
+        timeout=30,
+        what="the restarted worker to count exactly what it stored",
+    )
+    assert stored_in_zone(pg_engine, unique) == BATCHES * PER_BATCH
+
+
+def test_pool_child_killed_mid_batch_is_redelivered_and_counted_once(
+    start_worker: WorkerFactory, pg_engine: Engine, unique: str
+) -> None:
+    """SIGKILL of pool children mid-batch: their messages are redelivered; every event counted exactly once."""
+    worker = start_worker()
+    for batch in range(BATCHES):
+        tasks.record_events.delay(
+            [
+                {"kind": "panic_request", "service_type": "fire", "status": "requested", "zone": unique}
+                for _ in range(PER_BATCH)
+            ]
+        )
+    wait_until(lambda: stored_in_zone(pg_engine, unique) >= 5 * PER_BATCH, timeout=60, what="some batches stored")
+    for pid in worker.children():
+        os.kill(pid, signal.SIGKILL)
+    assert stored_in_zone(pg_engine, unique) < BATCHES * PER_BATCH, "the worker finished before it could be killed"
+
+    wait_until(
+        lambda: total(worker.scrape(), "panic_requests_total", zone=unique) == BATCHES * PER_BATCH,
+        timeout=120,
+        what="every event counted",
+    )
+    assert stored_in_zone(pg_engine, unique) == BATCHES * PER_BATCH
