@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -99,12 +100,13 @@ def test_same_event_id_delivered_twice_is_counted_once(start_worker: WorkerFacto
 def test_bad_payloads_are_rejected_and_the_worker_keeps_serving(start_worker: WorkerFactory, unique: str) -> None:
     """Malformed payloads are counted by reason, never stored, and the valid ones around them go through."""
     worker = start_worker()
+    bad_id = str(uuid.uuid4())
     bad = [
         {"service_type": "plumbing", "status": "accepted", "zone": unique},
         {"service_type": "security", "status": "accepted", "zone": unique, "response_time": -5},
         {"service_type": "security", "status": "accepted", "zone": "z" * 5000},
         {"service_type": "security", "status": "accepted", "zone": unique, "occurred_at": "2026-01-01T00:00:00"},
-        {"service_type": "security", "status": "accepted", "zone": unique, "surprise": True},
+        {"service_type": "security", "status": "accepted", "zone": unique, "surprise": True, "event_id": bad_id},
         {"status": "accepted", "zone": unique},
     ]
     for payload in bad:
@@ -123,4 +125,13 @@ def test_bad_payloads_are_rejected_and_the_worker_keeps_serving(start_worker: Wo
     reasons = {dict(labels)["reason"] for (name, labels), v in samples.items() if name == "metrics_events_rejected_total" and v}
     assert {"enum", "greater_than_equal", "string_too_long", "timezone_aware", "extra_forbidden", "missing"} <= reasons
     assert {"unknown_kind", "bool_type"} <= reasons
-    assert "worker exited" not in worker.log()
+    rejected_lines = [
+        json.loads(line) for line in worker.log().splitlines() if line.startswith("{") and "event rejected" in line
+    ]
+    ours = [line for line in rejected_lines if line.get("event_id") == bad_id]
+    assert len(ours) == 1
+    assert ours[0]["reason"] == "extra_forbidden"
+    assert ours[0]["task_name"] == "panic_metrics.events.record_panic_request_metrics"
+    assert ours[0]["task_id"]
+    assert worker.process is not None
+    assert worker.process.poll() is None
