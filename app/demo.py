@@ -30,7 +30,7 @@ def panic_request(rng: random.Random) -> dict[str, Any]:
     return event
 
 
-def sample_event(rng: random.Random) -> dict[str, Any]:
+def sample_event(rng: random.Random) -> dict[str, Any]:  # noqa: PLR0911 - one return per kind reads best
     """One event of a random kind, weighted roughly like production traffic."""
     kind = rng.choices(
         ("panic_request", "auth", "notification", "http_request", "credit_transaction", "subscription", "prank"),

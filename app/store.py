@@ -9,11 +9,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import TextClause, text
+from sqlalchemy import Table, TextClause, text
 from sqlalchemy import event as sa_event
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.orm import Session
 
 from app.db.models import MetricEvent
@@ -29,7 +30,8 @@ from app.events import (
     SubscriptionEvent,
 )
 
-_COLUMNS = tuple(column.key for column in MetricEvent.__table__.columns if column.key != "stored_at")
+_TABLE = cast("Table", MetricEvent.__table__)
+_COLUMNS = tuple(column.key for column in _TABLE.columns if column.key != "stored_at")
 
 
 def event_row(event: Event, *, published_at: datetime | None) -> dict[str, Any]:
@@ -91,19 +93,15 @@ def insert_new(session: Session, events: Sequence[Event], *, published_at: datet
         # size, so psycopg prepares it once and skips re-parsing 3,000 placeholders.
         columns = {name: [row[name] for row in rows] for name in _COLUMNS}
         return set(session.connection().execute(_PG_UNNEST_INSERT, columns).scalars())
-    table = MetricEvent.__table__
-    statement = sqlite.insert(table).on_conflict_do_nothing(index_elements=["event_id"]).returning(table.c.event_id)
+    statement = sqlite.insert(_TABLE).on_conflict_do_nothing(index_elements=["event_id"]).returning(_TABLE.c.event_id)
     return set(session.connection().execute(statement, rows).scalars())
 
 
 def _pg_unnest_insert() -> TextClause:
-    dialect = postgresql.dialect()
-    table = MetricEvent.__table__
-    arrays = ", ".join(
-        f"CAST(:{name} AS {table.c[name].type.compile(dialect=dialect)}[])" for name in _COLUMNS
-    )
+    dialect = PGDialect()
+    arrays = ", ".join(f"CAST(:{name} AS {_TABLE.c[name].type.compile(dialect=dialect)}[])" for name in _COLUMNS)
     return text(
-        f"INSERT INTO {table.name} ({', '.join(_COLUMNS)}) "  # noqa: S608 - column names come from the model
+        f"INSERT INTO {_TABLE.name} ({', '.join(_COLUMNS)}) "  # noqa: S608 - column names come from the model
         f"SELECT * FROM unnest({arrays}) "
         "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
     )

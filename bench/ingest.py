@@ -23,17 +23,17 @@ RUN_DIR = Path(tempfile.mkdtemp(prefix="panic-metrics-bench-"))
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(RUN_DIR / "publisher")
 (RUN_DIR / "publisher").mkdir()
 
-from tests.support.services import PostgresDatabase, RedisServer, free_port, wait_until  # noqa: E402
+from tests.support.services import PostgresDatabase, RedisServer, free_port, wait_until
 
 REDIS = RedisServer(RUN_DIR / "redis", port=free_port())
 DATABASE = PostgresDatabase()
 os.environ["BROKER_URL"] = REDIS.url
 os.environ["DATABASE_URL"] = DATABASE.url
 
-from sqlalchemy import create_engine  # noqa: E402
+from sqlalchemy import create_engine
 
-from tests.support.db import migrate  # noqa: E402
-from tests.support.worker import Worker, total  # noqa: E402
+from tests.support.db import migrate
+from tests.support.worker import Worker, total
 
 
 def drain(worker: Worker, app: object, done: callable, what: str) -> float:  # type: ignore[valid-type]
@@ -83,7 +83,10 @@ def main() -> None:
 
         for i in range(n):
             record_panic_request_metrics.delay(
-                service_type="security", status="accepted", firm_id=f"firm{i % 40}", zone=f"zone{i % 25}",
+                service_type="security",
+                status="accepted",
+                firm_id=f"firm{i % 40}",
+                zone=f"zone{i % 25}",
                 response_time=float(i % 900),
             )
         single = drain(
@@ -91,8 +94,14 @@ def main() -> None:
         )
 
         batch = [
-            {"kind": "panic_request", "service_type": "medical", "status": "completed", "zone": f"zone{i % 25}",
-             "firm_id": f"firm{i % 40}", "response_time": float(i)}
+            {
+                "kind": "panic_request",
+                "service_type": "medical",
+                "status": "completed",
+                "zone": f"zone{i % 25}",
+                "firm_id": f"firm{i % 40}",
+                "response_time": float(i),
+            }
             for i in range(100)
         ]
         for _ in range(args.batches):
@@ -102,8 +111,11 @@ def main() -> None:
             worker, app, lambda: total(worker.scrape(), "panic_requests_total", status="completed") >= events, "batches"
         )
         samples = worker.scrape()
-        for task in ("panic_metrics.bench.noop", "panic_metrics.events.record_panic_request_metrics",
-                     "panic_metrics.events.record_events"):
+        for task in (
+            "panic_metrics.bench.noop",
+            "panic_metrics.events.record_panic_request_metrics",
+            "panic_metrics.events.record_events",
+        ):
             runs = total(samples, "celery_task_duration_seconds_count", task=task)
             busy = total(samples, "celery_task_duration_seconds_sum", task=task)
             print(f"mean task run time {task}: {1000 * busy / runs:.2f} ms")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import singledispatch
 
 from sqlalchemy.orm import Session
 
@@ -58,39 +59,66 @@ def count_stored(event: Event, labels: Labels, *, published_at: datetime | None,
     m.EVENT_LAG.labels(kind=kind, since="occurred").observe(max(0.0, (stored_at - event.occurred_at).total_seconds()))
     if published_at is not None:
         m.EVENT_LAG.labels(kind=kind, since="published").observe(max(0.0, (stored_at - published_at).total_seconds()))
-    match event:
-        case PanicRequestEvent():
-            m.PANIC_REQUESTS.labels(service_type=event.service_type, status=event.status, zone=labels["zone"]).inc()
-            if event.response_time is not None:
-                m.PANIC_RESPONSE_TIME.labels(service_type=event.service_type, zone=labels["zone"]).observe(
-                    event.response_time
-                )
-        case AuthEvent():
-            result = "success" if event.success else "failure"
-            m.AUTH_LOGIN_ATTEMPTS.labels(user_type=labels["user_type"], result=result).inc()
-            if event.account_locked:
-                m.AUTH_ACCOUNT_LOCKOUTS.labels(user_type=labels["user_type"]).inc()
-        case NotificationEvent():
-            m.NOTIFICATIONS.labels(
-                channel=event.channel, status=event.status, notification_type=labels["notification_type"]
-            ).inc()
-        case SubscriptionEvent():
-            m.SUBSCRIPTION_EVENTS.labels(plan=labels["plan"], action=event.action).inc()
-        case CreditTransactionEvent():
-            m.CREDIT_TRANSACTIONS.labels(type=event.type).inc()
-            m.CREDITS.labels(type=event.type).inc(event.credits)
-        case PrankDetectionEvent():
-            m.PRANK_DETECTIONS.labels(zone=labels["zone"], detector=labels["detector"]).inc()
-        case HttpRequestEvent():
-            m.HTTP_REQUESTS.labels(method=event.method, endpoint=labels["endpoint"], status=str(event.status)).inc()
-            m.HTTP_REQUEST_DURATION.labels(method=event.method, endpoint=labels["endpoint"]).observe(event.duration)
-        case GaugeReportEvent():
-            if event.websocket_connections is not None:
-                m.WEBSOCKET_CONNECTIONS.labels(source=labels["source"]).set(event.websocket_connections)
-            if event.cache_hits:
-                m.CACHE_REQUESTS.labels(result="hit").inc(event.cache_hits)
-            if event.cache_misses:
-                m.CACHE_REQUESTS.labels(result="miss").inc(event.cache_misses)
+    _count_business(event, labels)
+
+
+@singledispatch
+def _count_business(event: Event, _labels: Labels) -> None:
+    raise TypeError(f"no metrics defined for {type(event).__name__}")
+
+
+@_count_business.register
+def _(event: PanicRequestEvent, labels: Labels) -> None:
+    m.PANIC_REQUESTS.labels(service_type=event.service_type, status=event.status, zone=labels["zone"]).inc()
+    if event.response_time is not None:
+        m.PANIC_RESPONSE_TIME.labels(service_type=event.service_type, zone=labels["zone"]).observe(event.response_time)
+
+
+@_count_business.register
+def _(event: AuthEvent, labels: Labels) -> None:
+    result = "success" if event.success else "failure"
+    m.AUTH_LOGIN_ATTEMPTS.labels(user_type=labels["user_type"], result=result).inc()
+    if event.account_locked:
+        m.AUTH_ACCOUNT_LOCKOUTS.labels(user_type=labels["user_type"]).inc()
+
+
+@_count_business.register
+def _(event: NotificationEvent, labels: Labels) -> None:
+    m.NOTIFICATIONS.labels(
+        channel=event.channel, status=event.status, notification_type=labels["notification_type"]
+    ).inc()
+
+
+@_count_business.register
+def _(event: SubscriptionEvent, labels: Labels) -> None:
+    m.SUBSCRIPTION_EVENTS.labels(plan=labels["plan"], action=event.action).inc()
+
+
+@_count_business.register
+def _(event: CreditTransactionEvent, _labels: Labels) -> None:
+    m.CREDIT_TRANSACTIONS.labels(type=event.type).inc()
+    m.CREDITS.labels(type=event.type).inc(event.credits)
+
+
+@_count_business.register
+def _(_event: PrankDetectionEvent, labels: Labels) -> None:
+    m.PRANK_DETECTIONS.labels(zone=labels["zone"], detector=labels["detector"]).inc()
+
+
+@_count_business.register
+def _(event: HttpRequestEvent, labels: Labels) -> None:
+    m.HTTP_REQUESTS.labels(method=event.method, endpoint=labels["endpoint"], status=str(event.status)).inc()
+    m.HTTP_REQUEST_DURATION.labels(method=event.method, endpoint=labels["endpoint"]).observe(event.duration)
+
+
+@_count_business.register
+def _(event: GaugeReportEvent, labels: Labels) -> None:
+    if event.websocket_connections is not None:
+        m.WEBSOCKET_CONNECTIONS.labels(source=labels["source"]).set(event.websocket_connections)
+    if event.cache_hits:
+        m.CACHE_REQUESTS.labels(result="hit").inc(event.cache_hits)
+    if event.cache_misses:
+        m.CACHE_REQUESTS.labels(result="miss").inc(event.cache_misses)
 
 
 def count_duplicate(kind: str) -> None:

@@ -44,7 +44,13 @@ def test_events_fired_with_delay_are_stored_and_counted_exactly(
     tasks.record_gauge_report.delay(source="web", websocket_connections=42, cache_hits=9, cache_misses=1)
     tasks.record_events.delay(
         [
-            {"kind": "panic_request", "service_type": "fire", "status": "completed", "zone": unique, "response_time": 600},
+            {
+                "kind": "panic_request",
+                "service_type": "fire",
+                "status": "completed",
+                "zone": unique,
+                "response_time": 600,
+            },
             {"kind": "http_request", "method": "POST", "endpoint": f"/api/{unique}", "status": 500, "duration": 1.5},
         ]
     )
@@ -65,18 +71,25 @@ def test_events_fired_with_delay_are_stored_and_counted_exactly(
     assert value(samples, "panic_request_response_time_seconds_sum", service_type="security", zone=unique) == sum(
         60.0 + i for i in range(30)
     )
-    assert value(samples, "panic_request_response_time_seconds_bucket", service_type="fire", zone=unique, le="600.0") == 1
+    assert (
+        value(samples, "panic_request_response_time_seconds_bucket", service_type="fire", zone=unique, le="600.0") == 1
+    )
     assert value(samples, "auth_login_attempts_total", user_type="registered_user", result="failure") >= 7
     assert value(samples, "prank_detections_total", zone=unique, detector="repeat_caller") == 1
     assert value(samples, "http_requests_total", method="POST", endpoint=f"/api/{unique}", status="500") == 1
     assert value(samples, "cache_requests_total", result="hit") >= 9
-    assert total(samples, "celery_task_duration_seconds_count", task="panic_metrics.events.record_panic_request_metrics") >= 30
+    assert (
+        total(samples, "celery_task_duration_seconds_count", task="panic_metrics.events.record_panic_request_metrics")
+        >= 30
+    )
     assert total(samples, "metrics_event_lag_seconds_count", kind="panic_request", since="published") >= 31
     assert stored(pg_engine, zone=unique, kind="panic_request") == 31
     assert stored(pg_engine, subscription_id=f"sub-{unique}") == 1
 
 
-def test_same_event_id_delivered_twice_is_counted_once(start_worker: WorkerFactory, pg_engine: Engine, unique: str) -> None:
+def test_same_event_id_delivered_twice_is_counted_once(
+    start_worker: WorkerFactory, pg_engine: Engine, unique: str
+) -> None:
     """A redelivered event (same event_id) is stored once, counted once and counted as a duplicate."""
     worker = start_worker()
     event_id = str(uuid.uuid4())
@@ -84,8 +97,17 @@ def test_same_event_id_delivered_twice_is_counted_once(start_worker: WorkerFacto
         tasks.record_panic_request_metrics.delay(
             event_id=event_id, service_type="medical", status="requested", zone=unique
         )
-    tasks.record_events.delay([{"kind": "panic_request", "event_id": event_id, "service_type": "medical",
-                                "status": "requested", "zone": unique}])
+    tasks.record_events.delay(
+        [
+            {
+                "kind": "panic_request",
+                "event_id": event_id,
+                "service_type": "medical",
+                "status": "requested",
+                "zone": unique,
+            }
+        ]
+    )
 
     wait_until(
         lambda: value(worker.scrape(), "metrics_events_duplicate_total", kind="panic_request") >= 2,
@@ -116,13 +138,16 @@ def test_bad_payloads_are_rejected_and_the_worker_keeps_serving(start_worker: Wo
 
     def counted() -> bool:
         samples = worker.scrape()
-        return total(samples, "metrics_events_rejected_total") >= 9 and total(
-            samples, "panic_requests_total", zone=unique
-        ) == 1
+        return (
+            total(samples, "metrics_events_rejected_total") >= 9
+            and total(samples, "panic_requests_total", zone=unique) == 1
+        )
 
     wait_until(counted, timeout=60, what="rejections and the valid event counted")
     samples = worker.scrape()
-    reasons = {dict(labels)["reason"] for (name, labels), v in samples.items() if name == "metrics_events_rejected_total" and v}
+    reasons = {
+        dict(labels)["reason"] for (name, labels), v in samples.items() if name == "metrics_events_rejected_total" and v
+    }
     assert {"enum", "greater_than_equal", "string_too_long", "timezone_aware", "extra_forbidden", "missing"} <= reasons
     assert {"unknown_kind", "bool_type"} <= reasons
     rejected_lines = [

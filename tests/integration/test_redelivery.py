@@ -40,7 +40,9 @@ def test_worker_killed_mid_stream_then_restarted_stores_everything_once(
             [
                 {
                     "kind": "panic_request",
-                    "event_id": f"00000000-0000-4000-8000-{batch * PER_BATCH + i:012d}".replace("00000000", unique[1:9]),
+                    "event_id": f"00000000-0000-4000-8000-{batch * PER_BATCH + i:012d}".replace(
+                        "00000000", unique[1:9]
+                    ),
                     "service_type": "security",
                     "status": "requested",
                     "zone": unique,
@@ -58,12 +60,11 @@ def test_worker_killed_mid_stream_then_restarted_stores_everything_once(
     killed_at = time.monotonic()
     wait_until(lambda: time.monotonic() - killed_at > VISIBILITY_TIMEOUT + 0.5, timeout=10, what="visibility timeout")
     second = start_worker(BROKER_VISIBILITY_TIMEOUT_SECONDS=str(VISIBILITY_TIMEOUT))
+    wait_until(lambda: stored_in_zone(pg_engine, unique) == BATCHES * PER_BATCH, timeout=120, what="every event stored")
     wait_until(
-        lambda: stored_in_zone(pg_engine, unique) == BATCHES * PER_BATCH, timeout=120, what="every event stored"
-    )
-    wait_until(
-        lambda: total(second.scrape(), "panic_requests_total", zone=unique)
-        == BATCHES * PER_BATCH - stored_before_restart,
+        lambda: (
+            total(second.scrape(), "panic_requests_total", zone=unique) == BATCHES * PER_BATCH - stored_before_restart
+        ),
         timeout=30,
         what="the restarted worker to count exactly what it stored",
     )
@@ -75,7 +76,7 @@ def test_pool_child_killed_mid_batch_is_redelivered_and_counted_once(
 ) -> None:
     """SIGKILL of pool children mid-batch: their messages are redelivered; every event counted exactly once."""
     worker = start_worker()
-    for batch in range(BATCHES):
+    for _ in range(BATCHES):
         tasks.record_events.delay(
             [
                 {"kind": "panic_request", "service_type": "fire", "status": "requested", "zone": unique}
