@@ -98,7 +98,7 @@ def insert_new(session: Session, events: Sequence[Event], *, published_at: datet
 
 
 def _pg_unnest_insert() -> TextClause:
-    dialect = PGDialect()
+    dialect = PGDialect()  # type: ignore[no-untyped-call]  # SQLAlchemy leaves dialect constructors untyped
     arrays = ", ".join(f"CAST(:{name} AS {_TABLE.c[name].type.compile(dialect=dialect)}[])" for name in _COLUMNS)
     return text(
         f"INSERT INTO {_TABLE.name} ({', '.join(_COLUMNS)}) "  # noqa: S608 - column names come from the model
