@@ -96,7 +96,8 @@ class Worker:
         if self.process is not None and self.process.poll() is not None:
             raise RuntimeError(f"worker exited with {self.process.returncode}; log:\n{self.log()[-4000:]}")
         try:
-            return httpx.get(self.health_url, timeout=1).status_code == 200
+            # 503 is an answer too: the endpoint is up, a dependency is down.
+            return httpx.get(self.health_url, timeout=5).status_code in {200, 503}
         except httpx.HTTPError:
             return False
 
