@@ -1,4 +1,3 @@
-# mypy: untyped-calls-exclude=prometheus_client
 """Merge the metric files of dead processes into one archive per file type.
 
 prometheus_client's multiprocess mode leaves one mmap file per process and
@@ -15,6 +14,7 @@ with a ``flock`` on a lock file in the directory; see ``compact``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -25,7 +25,7 @@ from typing import TypedDict
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import mark_process_dead
 
-from app.metrics.dirlock import directory_lock
+from app.metrics.guards import directory_lock, pid_alive, pids_are_ours
 
 #: Stands where a pid stands in an archive's file name. The stock collector
 #: only uses that part of the name as the ``pid`` label of ``all`` gauges,
@@ -43,7 +43,7 @@ class Journal(TypedDict):
 
     version: int
     archives: list[tuple[str, str]]  # (tmp name, final name)
-    sources: list[tuple[str, int, int]]  # (name, st_dev, st_ino)
+    sources: list[tuple[str, str]]  # (name, sha256 of the content merged)
 
 
 def _add(old: Entry, new: Entry) -> Entry:
@@ -93,6 +93,9 @@ class CompactionReport:
     bytes_after: int
     #: True when an interrupted merge was finished or rolled back first.
     recovered: bool
+    #: True when nothing was merged because the directory belongs to workers
+    #: in another pid namespace, whose pids ``pid_alive`` cannot judge.
+    foreign_pid_namespace: bool = False
 
 
 # ---------------------------------------------------------------- test seam
@@ -147,8 +150,7 @@ def _fsync_path(path: Path) -> None:
 
 
 def _write_archive(tmp: Path, entries: dict[str, Entry]) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)  # MmapedDict appends to an existing file
+    tmp.unlink(missing_ok=True)  # MmapedDict would append to an existing file
     mmaped = MmapedDict(str(tmp))
     try:
         for key, (value, timestamp) in entries.items():
@@ -171,12 +173,12 @@ def _merge_entries(prefix: str, files: Iterable[Path]) -> dict[str, Entry]:
 # ------------------------------------------------------------------ journal
 def _write_journal(path: Path, journal: Journal) -> None:
     tmp = path / (JOURNAL_NAME + TMP_SUFFIX)
-    with open(tmp, "w", encoding="utf-8") as f:
+    with tmp.open("w", encoding="utf-8") as f:
         json.dump(journal, f)
         f.flush()
         os.fsync(f.fileno())
     _checkpoint("journal_written")
-    os.replace(tmp, path / JOURNAL_NAME)
+    tmp.replace(path / JOURNAL_NAME)
     _fsync_path(path)  # the rename is the commit point: make it durable
     _checkpoint("journal_committed")
 
@@ -187,17 +189,19 @@ def _roll_forward(path: Path, journal: Journal) -> None:
         # rename is atomic: while tmp exists, final still holds the old
         # archive the new one was computed from.
         if (path / tmp).exists():
-            os.replace(path / tmp, path / final)
+            (path / tmp).replace(path / final)
             _checkpoint(f"renamed:{final}")
-    for name, dev, ino in journal["sources"]:
+    for name, digest in journal["sources"]:
         source = path / name
         try:
-            st = source.stat()
+            content = source.read_bytes()
         except FileNotFoundError:
             continue
-        # Same name but another inode: a new process reused the pid after
-        # the merge was committed. Its file is not ours to remove.
-        if (st.st_dev, st.st_ino) == (dev, ino):
+        # Same name, other content: a new process reused the pid after the
+        # merge was committed and its file is not ours to remove. (Content,
+        # not inode: inodes are reused at once and change when the
+        # directory is copied.)
+        if hashlib.sha256(content).hexdigest() == digest:
             source.unlink()
             _checkpoint(f"unlinked:{name}")
     _fsync_path(path)
@@ -214,7 +218,7 @@ def _parse_journal(raw: object) -> Journal:
     return {
         "version": 1,
         "archives": [(str(tmp), str(final)) for tmp, final in raw["archives"]],
-        "sources": [(str(name), int(dev), int(ino)) for name, dev, ino in raw["sources"]],
+        "sources": [(str(name), str(digest)) for name, digest in raw["sources"]],
     }
 
 
@@ -227,7 +231,7 @@ def recover_locked(path: Path) -> bool:
     did_something = False
     journal_path = path / JOURNAL_NAME
     if journal_path.exists():
-        with open(journal_path, encoding="utf-8") as f:
+        with journal_path.open(encoding="utf-8") as f:
             journal = _parse_journal(json.load(f))
         _roll_forward(path, journal)
         did_something = True
@@ -240,23 +244,6 @@ def recover_locked(path: Path) -> bool:
 
 
 # ----------------------------------------------------------------- compact
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (signal 0 checks, sends none).
-
-    A zombie counts as alive until reaped; a reused pid makes a dead process
-    look alive, which only delays its merge until the new process dies too.
-    """
-    if pid <= 0:
-        return False  # kill(0, ...) would address our own process group
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
-
-
 def compact(path: Path, *, is_alive: Callable[[int], bool] = pid_alive) -> CompactionReport:
     """Fold the files of dead processes into the archive; drop their live gauges.
 
@@ -269,6 +256,9 @@ def compact(path: Path, *, is_alive: Callable[[int], bool] = pid_alive) -> Compa
     are renamed into place, the sources unlinked and the journal removed.
     A crash before the commit leaves sources and old archive untouched; a
     crash after it is finished by the next ``recover``/``compact``/scrape.
+
+    With the default ``is_alive``, a directory claimed by another pid
+    namespace (see ``app.metrics.guards``) is only recovered, never merged.
     """
     path = Path(path)
     with directory_lock(path, exclusive=True):
@@ -276,17 +266,15 @@ def compact(path: Path, *, is_alive: Callable[[int], bool] = pid_alive) -> Compa
         before = db_files(path)
         bytes_before = _total_bytes(before)
 
+        foreign = is_alive is pid_alive and not pids_are_ours(path)
         parsed = [(f, parse_db_name(f.name)) for f in before]
         pids = {int(p[1]) for _, p in parsed if p is not None and p[1].isdigit()}
-        dead = sorted(pid for pid in pids if not is_alive(pid))
+        dead = [] if foreign else sorted(pid for pid in pids if not is_alive(pid))
         dead_ids = {str(pid) for pid in dead}
 
         # Dropping live gauges of dead processes is mark_process_dead's job;
         # it is idempotent, so it needs no journal.
-        removed = [
-            f.name for f, p in parsed
-            if p is not None and p[1] in dead_ids and p[0].startswith("gauge_live")
-        ]
+        removed = [f.name for f, p in parsed if p is not None and p[1] in dead_ids and p[0].startswith("gauge_live")]
         for pid in dead:
             mark_process_dead(pid, str(path))
         if dead:
@@ -313,6 +301,7 @@ def compact(path: Path, *, is_alive: Callable[[int], bool] = pid_alive) -> Compa
             bytes_before=bytes_before,
             bytes_after=_total_bytes(db_files(path)),
             recovered=recovered,
+            foreign_pid_namespace=foreign,
         )
 
 
@@ -327,11 +316,7 @@ def _merge(path: Path, sources: dict[str, list[Path]]) -> None:
         archives.append((tmp.name, final.name))
     _fsync_path(path)  # the journal must not name files a power cut can lose
     _checkpoint("archives_synced")
-    listed: list[tuple[str, int, int]] = []
-    for files in sources.values():
-        for f in files:
-            st = f.stat()
-            listed.append((f.name, st.st_dev, st.st_ino))
+    listed = [(f.name, hashlib.sha256(f.read_bytes()).hexdigest()) for files in sources.values() for f in files]
     journal: Journal = {"version": 1, "archives": archives, "sources": listed}
     _write_journal(path, journal)
     _roll_forward(path, journal)

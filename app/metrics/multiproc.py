@@ -1,4 +1,3 @@
-# mypy: untyped-calls-exclude=prometheus_client
 """The multiprocess directory: its life cycle, its scrapes, its health.
 
 By the book (prometheus_client's multiprocess docs): the worker's main
@@ -22,16 +21,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from app.metrics.compaction import (
-    JOURNAL_NAME,
-    TMP_SUFFIX,
-    CompactionReport,
-    compact,
-    db_files,
-    pid_alive,
-    recover_locked,
-)
-from app.metrics.dirlock import directory_lock
+from app.metrics.compaction import JOURNAL_NAME, TMP_SUFFIX, CompactionReport, compact, db_files, recover_locked
+from app.metrics.guards import claim_directory, directory_lock, pid_alive
 
 __all__ = [
     "CompactionReport",
@@ -62,7 +53,11 @@ class DirectoryStats:
 
 
 def prepare_directory(path: Path) -> None:
-    """Create the directory if missing and finish any interrupted merge."""
+    """Create the directory if missing and finish any interrupted merge.
+
+    For the endpoint's start; unlike ``wipe_directory`` it keeps the metric
+    files and leaves the directory claimed by whoever claimed it.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     recover(path)
@@ -84,7 +79,8 @@ def wipe_directory(path: Path) -> None:
 
     Call it in the worker's main process before the pool starts and before
     any metric object exists in this process: a process keeps writing into
-    the mmap of a file unlinked under it, and those writes are lost.
+    the mmap of a file unlinked under it, and those writes are lost. It
+    claims the directory for the workers' pid namespace.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -94,6 +90,7 @@ def wipe_directory(path: Path) -> None:
         (path / JOURNAL_NAME).unlink(missing_ok=True)
         for f in [*path.glob("*" + TMP_SUFFIX), *path.glob("*.db")]:
             f.unlink(missing_ok=True)
+        claim_directory(path)
 
 
 class DirectoryCollector(Collector):
@@ -149,7 +146,7 @@ def writable(path: Path) -> bool:
     try:
         fd, probe = tempfile.mkstemp(dir=path, prefix=".writable-", suffix=".probe")
         os.close(fd)
-        os.unlink(probe)
+        Path(probe).unlink()
         stat = os.statvfs(path)
     except OSError:
         return False
