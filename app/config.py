@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 8001
     prometheus_multiproc_dir: Path = VAR_DIR / "prometheus_multiproc"
+    # How often the main process merges the metric files of dead pool children.
+    multiproc_compact_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 10.0
 
     worker_concurrency: Annotated[int, Field(ge=1, le=256)] = 2
     worker_max_tasks_per_child: Annotated[int, Field(ge=0)] = 1000

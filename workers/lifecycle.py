@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from typing import Any
 
@@ -12,7 +11,8 @@ from celery import signals
 from app.config import get_settings
 from app.db.session import dispose_engines
 from app.metrics import definitions as m
-from app.metrics.endpoint import EndpointServer, multiproc_dir
+from app.metrics.endpoint import EndpointServer, housekeeper, multiproc_dir
+from app.metrics.multiproc import wipe_directory
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +22,14 @@ _task_started: dict[str, float] = {}
 
 @signals.worker_init.connect
 def _clear_multiproc_dir(**_: Any) -> None:
-    # By the book: the directory is wiped before the pool starts, so counts of
-    # a previous run (whose processes are gone) do not linger.
-    directory = multiproc_dir()
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True, exist_ok=True)
+    # By the book: the worker that serves the endpoint owns the directory and
+    # wipes it before the pool starts, so counts of a previous run (whose
+    # processes are gone) do not linger. Every metric has labels, so this
+    # process has no metric file open yet. With METRICS_ENABLED=false the
+    # standalone endpoint owns a directory shared by several workers, and
+    # wiping it would drop the others' counts.
+    if get_settings().metrics_enabled:
+        wipe_directory(multiproc_dir())
 
 
 @signals.worker_ready.connect
@@ -34,6 +37,9 @@ def _start_endpoint(**_: Any) -> None:
     global _endpoint  # noqa: PLW0603 - one endpoint per worker main process
     settings = get_settings()
     if settings.metrics_enabled and _endpoint is None:
+        # Pool children come and go (max_tasks_per_child, crashes): merge the
+        # files of the dead ones so scrape time and disk stay flat.
+        housekeeper().start()
         _endpoint = EndpointServer(settings.metrics_host, settings.metrics_port)
         _endpoint.start()
         log.info("metrics endpoint started", extra={"host": settings.metrics_host, "port": settings.metrics_port})
@@ -41,6 +47,7 @@ def _start_endpoint(**_: Any) -> None:
 
 @signals.worker_shutdown.connect
 def _stop_endpoint(**_: Any) -> None:
+    housekeeper().stop()
     if _endpoint is not None:
         _endpoint.stop()
 

@@ -16,13 +16,15 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from app import __version__
 from app.broker import check_broker
+from app.config import get_settings
 from app.db.session import get_engine
+from app.metrics.housekeeping import Housekeeper, HousekeepingCollector, timed
+from app.metrics.multiproc import collect_registry, prepare_directory, writable
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +34,27 @@ def multiproc_dir() -> Path:
     return Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 
+_housekeeper: Housekeeper | None = None
+
+
+def housekeeper() -> Housekeeper:
+    """This process's keeper of the multiprocess directory (created on first use, not started)."""
+    global _housekeeper  # noqa: PLW0603 - one per process, shared by the endpoint and the worker signals
+    if _housekeeper is None:
+        interval = get_settings().multiproc_compact_interval_seconds
+        _housekeeper = Housekeeper(multiproc_dir(), interval)
+    return _housekeeper
+
+
 def scrape() -> bytes:
-    """The text exposition of every process's metrics, from a fresh registry."""
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(multiproc_dir()))
-    return generate_latest(registry)
+    """The text exposition of every process's metrics, from a fresh registry, and the directory's own."""
+    started = time.perf_counter()
+    keeper = housekeeper()
+    registry = collect_registry(keeper.path)
+    registry.register(HousekeepingCollector(keeper))
+    body = generate_latest(registry)
+    timed(keeper, started)
+    return body
 
 
 def _check_database() -> dict[str, Any]:
@@ -57,13 +75,20 @@ def create_api() -> FastAPI:
     def metrics() -> Response:
         return Response(content=scrape(), media_type=CONTENT_TYPE_LATEST)
 
-    @api.get("/health", summary="Broker and database reachability")
+    @api.get("/health", summary="Broker and database reachable, metrics directory writable")
     def health() -> JSONResponse:
-        checks = {"broker": check_broker(), "database": _check_database()}
+        checks = {
+            "broker": check_broker(),
+            "database": _check_database(),
+            "metrics_directory": {"ok": writable(multiproc_dir()), "path": str(multiproc_dir())},
+        }
         healthy = all(check["ok"] for check in checks.values())
         body = {"status": "ok" if healthy else "degraded", "version": __version__, "checks": checks}
         return JSONResponse(body, status_code=200 if healthy else 503)
 
+    from app.api import router  # the metrics API's JSON summaries; imported here as it imports this module
+
+    api.include_router(router)
     return api
 
 
@@ -86,5 +111,8 @@ class EndpointServer:
 
 
 def serve_forever(host: str, port: int) -> None:
-    """Serve the endpoint in the foreground (the standalone command)."""
+    """Serve the endpoint in the foreground (the standalone command), compacting the directory it shares."""
+    keeper = housekeeper()
+    prepare_directory(keeper.path)
+    keeper.start()
     uvicorn.run(create_api(), host=host, port=port, log_config=None, access_log=False)

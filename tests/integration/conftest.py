@@ -28,12 +28,16 @@ def start_worker(
     """Start real `celery worker` processes on the test Redis and PostgreSQL; all are stopped afterwards."""
     started: list[Worker] = []
 
-    def start(*, concurrency: int = 2, workdir: Path | None = None, **env: str) -> Worker:
+    def start(
+        *, concurrency: int = 2, workdir: Path | None = None, health_url: str | None = None, **env: str
+    ) -> Worker:
         worker = Worker(
             {"BROKER_URL": redis_server.url, "DATABASE_URL": pg_database.url, **env},
             workdir or tmp_path / f"worker{len(started)}",
             concurrency=concurrency,
         )
+        if health_url is not None:  # the worker serves no endpoint; wait on the one given
+            worker.health_url = health_url
         started.append(worker)
         return worker.start()
 

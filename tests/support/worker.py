@@ -46,7 +46,8 @@ class Worker:
         self.port = free_port()
         self.hostname = f"test-{self.port}@localhost"
         self.workdir = workdir
-        self.multiproc_dir = workdir / "prometheus_multiproc"
+        self.health_url = f"http://127.0.0.1:{self.port}/health"
+        self.multiproc_dir = Path(env.get("PROMETHEUS_MULTIPROC_DIR", workdir / "prometheus_multiproc"))
         self.log_path = workdir / f"worker-{self.port}.log"
         self.env = {
             **os.environ,
@@ -80,10 +81,6 @@ class Worker:
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/metrics"
-
-    @property
-    def health_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/health"
 
     def start(self, timeout: float = 60) -> Worker:
         self.workdir.mkdir(parents=True, exist_ok=True)

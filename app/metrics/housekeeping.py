@@ -1,0 +1,117 @@
+"""Keeps the multiprocess directory small while the worker runs, and reports on it.
+
+A daemon thread in the worker's main process (or in the standalone endpoint)
+merges the files of dead pool children every few seconds; the endpoint
+exports what the directory costs, so an alert can fire before a scrape times out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from app.metrics.multiproc import CompactionReport, compact, directory_stats, writable
+
+log = logging.getLogger(__name__)
+
+
+class Housekeeper:
+    """Compacts one multiprocess directory on an interval and counts what it did."""
+
+    def __init__(self, path: Path, interval_seconds: float) -> None:
+        self.path = path
+        self.interval_seconds = interval_seconds
+        self.compactions = 0
+        self.merged_processes = 0
+        self.failures = 0
+        self.last_scrape_seconds = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="multiproc-housekeeper", daemon=True)
+        self._warned_foreign_namespace = False
+
+    def compact_now(self) -> CompactionReport | None:
+        """Merge dead processes' files now; never raises (a failure is logged and counted)."""
+        with self._lock:
+            try:
+                report = compact(self.path)
+            except Exception:
+                self.failures += 1
+                log.exception("multiprocess compaction failed", extra={"path": str(self.path)})
+                return None
+            if report.merged_pids:
+                self.compactions += 1
+                self.merged_processes += len(report.merged_pids)
+            if report.foreign_pid_namespace and not self._warned_foreign_namespace:
+                self._warned_foreign_namespace = True
+                log.warning(
+                    "multiprocess directory belongs to another pid namespace; not compacting it here",
+                    extra={"path": str(self.path)},
+                )
+            return report
+
+    def start(self) -> None:
+        """Start compacting in the background."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the background thread."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_seconds):
+            self.compact_now()
+
+
+class HousekeepingCollector(Collector):
+    """The directory's own metrics: files, bytes, merges, last scrape time, writability."""
+
+    def __init__(self, housekeeper: Housekeeper) -> None:
+        self._housekeeper = housekeeper
+
+    def collect(self) -> Iterable[Metric]:
+        keeper = self._housekeeper
+        stats = directory_stats(keeper.path)
+        yield GaugeMetricFamily(
+            "metrics_multiproc_files", "Metric files a scrape reads in the multiprocess directory.", value=stats.files
+        )
+        yield GaugeMetricFamily(
+            "metrics_multiproc_bytes", "Bytes of the metric files a scrape reads.", value=stats.bytes
+        )
+        yield GaugeMetricFamily(
+            "metrics_multiproc_writable",
+            "1 when the multiprocess directory accepts new files.",
+            value=float(writable(keeper.path)),
+        )
+        yield CounterMetricFamily(
+            "metrics_multiproc_compactions",
+            "Compactions that merged at least one dead process.",
+            value=keeper.compactions,
+        )
+        yield CounterMetricFamily(
+            "metrics_multiproc_merged_processes",
+            "Dead processes whose metric files were merged into the archive.",
+            value=keeper.merged_processes,
+        )
+        yield CounterMetricFamily(
+            "metrics_multiproc_compaction_failures", "Compactions that failed (see the logs).", value=keeper.failures
+        )
+        yield GaugeMetricFamily(
+            "metrics_scrape_duration_seconds",
+            "How long the previous /metrics scrape took to collect.",
+            value=keeper.last_scrape_seconds,
+        )
+
+
+def timed(housekeeper: Housekeeper, started: float) -> None:
+    """Record the duration of a scrape that began at `started` (time.perf_counter)."""
+    housekeeper.last_scrape_seconds = time.perf_counter() - started

@@ -1,0 +1,121 @@
+"""Recycled pool children: every event counted once, the directory keeps live children and the archive only."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.conftest import WorkerFactory
+from tests.support.services import free_port, wait_until
+from tests.support.worker import ROOT, Worker, scrape, total, value
+from workers.tasks import events as tasks
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+MESSAGES = 200
+PER_MESSAGE = 10
+
+
+def file_owners(worker: Worker) -> set[str]:
+    """The pid (or `archive`) each metric file of the worker's directory belongs to."""
+    return {path.stem.rsplit("_", 1)[-1] for path in worker.multiproc_dir.glob("*.db")}
+
+
+def only_live_children_and_archive(worker: Worker) -> bool:
+    live = {str(pid) for pid in worker.children()}
+    return file_owners(worker) - {"archive"} <= live
+
+
+def test_children_recycled_after_every_task_count_every_event_once(start_worker: WorkerFactory, unique: str) -> None:
+    """max_tasks_per_child=1: 200 children come and go, 2,000 events counted exactly, dead files merged away."""
+    worker = start_worker(WORKER_MAX_TASKS_PER_CHILD="1", MULTIPROC_COMPACT_INTERVAL_SECONDS="0.5")
+    for _ in range(MESSAGES):
+        tasks.record_events.delay(
+            [
+                {
+                    "kind": "panic_request",
+                    "service_type": "security",
+                    "status": "arrived",
+                    "zone": unique,
+                    "response_time": 42.0,
+                }
+            ]
+            * PER_MESSAGE
+        )
+
+    wait_until(
+        lambda: total(worker.scrape(), "panic_requests_total", zone=unique) == MESSAGES * PER_MESSAGE,
+        timeout=300,
+        what="2,000 events counted",
+        interval=0.5,
+    )
+    wait_until(lambda: only_live_children_and_archive(worker), timeout=30, what="dead children's files merged")
+    samples = worker.scrape()
+    assert value(samples, "panic_requests_total", service_type="security", status="arrived", zone=unique) == 2000
+    assert value(samples, "panic_request_response_time_seconds_count", service_type="security", zone=unique) == 2000
+    assert value(samples, "metrics_multiproc_merged_processes_total") >= MESSAGES - 2
+    assert value(samples, "metrics_multiproc_writable") == 1
+    assert "archive" in file_owners(worker)
+    assert value(samples, "metrics_multiproc_files") <= 4 * (len(worker.children()) + 1)
+
+
+def test_standalone_endpoint_serves_and_compacts_a_directory_shared_by_workers(
+    start_worker: WorkerFactory, unique: str, tmp_path: Path
+) -> None:
+    """`panic-metrics serve-metrics` aggregates two workers sharing its directory and merges their dead children."""
+    shared = tmp_path / "shared_multiproc"
+    shared.mkdir()
+    port = free_port()
+    env = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(shared),
+        "METRICS_PORT": str(port),
+        "MULTIPROC_COMPACT_INTERVAL_SECONDS": "0.5",
+    }
+    with (tmp_path / "endpoint.log").open("ab") as log:
+        endpoint = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve-metrics"], cwd=ROOT, env=env, stdout=log, stderr=log
+        )
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        wait_until(lambda: _answers(url), timeout=30, what="standalone endpoint")
+        # Workers that leave the endpoint (and the directory) to it: no endpoint, no wipe.
+        for name in ("a", "b"):
+            start_worker(
+                workdir=tmp_path / name,
+                METRICS_ENABLED="false",
+                PROMETHEUS_MULTIPROC_DIR=str(shared),
+                WORKER_MAX_TASKS_PER_CHILD="2",
+                health_url=url,
+            )
+        for _ in range(40):
+            tasks.record_events.delay(
+                [{"kind": "panic_request", "service_type": "fire", "status": "completed", "zone": unique}] * 5
+            )
+        wait_until(
+            lambda: total(scrape(url), "panic_requests_total", zone=unique) == 200,
+            timeout=120,
+            what="200 events counted through the standalone endpoint",
+            interval=0.5,
+        )
+        wait_until(
+            lambda: value(scrape(url), "metrics_multiproc_merged_processes_total") > 0,
+            timeout=30,
+            what="dead children merged by the standalone endpoint",
+        )
+        assert total(scrape(url), "panic_requests_total", zone=unique) == 200
+    finally:
+        endpoint.terminate()
+        endpoint.wait(timeout=10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
