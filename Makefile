@@ -28,9 +28,9 @@ demo: $(STAMP)
 test: $(STAMP) lint services
 	$(BIN)/python -m pytest
 
-## test-fast: unit tests only, no services
+## test-fast: unit tests only, no services, no slow ones
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m 'not integration'
+	$(BIN)/python -m pytest -m 'not integration and not slow'
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
