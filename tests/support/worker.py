@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """GET a /metrics page and parse it into {(sample name, labels): value}."""
-    response = httpx.get(url, timeout=10)
+    # Generous: on a loaded 2-core machine a scrape can wait behind a merge's fsyncs.
+    response = httpx.get(url, timeout=30)
     response.raise_for_status()
     samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
     for family in text_string_to_metric_families(response.text):

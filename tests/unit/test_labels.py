@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import delete, select
+from sqlalchemy import Engine, create_engine, delete, select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.models import LabelValue
 from app.metrics.labels import OTHER, LabelCaps
-from tests.support.db import committing_factory
+from tests.support.db import committing_factory, migrate
+from tests.support.services import PostgresDatabase
 
 SMALL_CAPS = Settings(max_zones=3, max_small_dimension=2)
 CAP_OF = {"zone": 3, "detector": 2}
@@ -21,6 +23,28 @@ CAP_OF = {"zone": 3, "detector": 2}
 Lookup = tuple[LabelCaps, str, str]
 # One transaction: which process, its lookups as dimension and value, whether it commits.
 Transaction = tuple[int, list[tuple[str, str]], bool]
+
+
+@pytest.fixture(scope="module")
+def empty_label_values_pg(pg_database: PostgresDatabase) -> Iterator[Engine]:
+    """A PostgreSQL database of this module's own: the run's shared one holds label values other tests committed."""
+    database = PostgresDatabase()
+    database.create()
+    engine = create_engine(database.url)
+    try:
+        migrate(engine)
+        yield engine
+    finally:
+        engine.dispose()
+        database.drop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def db_engine(request: pytest.FixtureRequest) -> Engine:
+    """The caps on SQLite and on a PostgreSQL database with no label values yet."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_engine")  # type: ignore[no-any-return]
+    return request.getfixturevalue("empty_label_values_pg")  # type: ignore[no-any-return]
 
 
 class Rollback(Exception):
