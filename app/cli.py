@@ -9,9 +9,8 @@ from pathlib import Path
 
 
 def _migrate(_: argparse.Namespace) -> int:
-    from alembic.config import Config
-
     from alembic import command
+    from alembic.config import Config
 
     root = Path(__file__).resolve().parent.parent
     command.upgrade(Config(str(root / "alembic.ini")), "head")

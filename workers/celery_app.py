@@ -11,6 +11,7 @@ from kombu import Exchange, Queue
 from app.broker import transport_options
 from app.config import Settings, get_settings
 from app.logs import configure_logging
+from beat_schedule import build_beat_schedule
 
 EVENTS_QUEUE = "events"
 SCHEDULED_QUEUE = "scheduled"
@@ -20,7 +21,7 @@ PUBLISHED_AT_HEADER = "published_at"
 def create_app(settings: Settings | None = None) -> Celery:
     """Build the Celery app from settings."""
     settings = settings or get_settings()
-    celery = Celery("panic_metrics", include=["workers.tasks.events", "workers.lifecycle"])
+    celery = Celery("panic_metrics", include=["workers.tasks.events", "workers.tasks.scheduled", "workers.lifecycle"])
     celery.conf.update(
         broker_url=settings.broker_url,
         broker_transport_options=transport_options(settings),
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         # Our JSON logging, not Celery's.
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
+        beat_schedule=build_beat_schedule(settings, queue=SCHEDULED_QUEUE),
         beat_schedule_filename=str((settings.prometheus_multiproc_dir.parent / "celerybeat-schedule").resolve()),
     )
     return celery

@@ -9,12 +9,13 @@ the aggregations that read it.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Float,
     Index,
@@ -125,3 +126,91 @@ class LabelValue(Base):
     dimension: Mapped[str] = mapped_column(String(32), primary_key=True)
     value: Mapped[str] = mapped_column(String(200), primary_key=True)
     admitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+# --- scheduled jobs: performance snapshots, the archive, once-per-window claims ---
+
+
+class PerformanceSnapshot(Base):
+    """How one zone or firm performed in one aligned window (see app.aggregations.performance).
+
+    Keyed by subject and window: re-aggregating a window replaces its rows.
+    Ratios and percentiles are NULL when the window has nothing to compute them from.
+    """
+
+    __tablename__ = "performance_snapshots"
+
+    subject_type: Mapped[str] = mapped_column(String(8), primary_key=True)  # "zone" or "firm"
+    subject: Mapped[str] = mapped_column(String(128), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    window_end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    requests: Mapped[int] = mapped_column(Integer)
+    completed: Mapped[int] = mapped_column(Integer)
+    cancelled: Mapped[int] = mapped_column(Integer)
+    pranks: Mapped[int] = mapped_column(Integer)
+    response_time_p50: Mapped[float | None] = mapped_column(Float)
+    response_time_p95: Mapped[float | None] = mapped_column(Float)
+    completion_ratio: Mapped[float | None] = mapped_column(Float)
+    prank_ratio: Mapped[float | None] = mapped_column(Float)
+    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    # Replacing one window and the retention purge read by window, not by subject.
+    __table_args__ = (Index("ix_performance_snapshots_window", "window_start", "subject_type"),)
+
+
+class DailyEventRollup(Base):
+    """Events past their retention, counted per UTC day and dimensions: the archive.
+
+    Written by the cleanup in the transaction that deletes the raw events it
+    counts, so the rollups always equal the raw rows they replaced. Dimension
+    columns hold '' (0 for http_status) where the event kind has none, since
+    a primary key column cannot be NULL. Measures are additive.
+    """
+
+    __tablename__ = "daily_event_rollups"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    service_type: Mapped[str] = mapped_column(String(16), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    zone: Mapped[str] = mapped_column(String(128), primary_key=True)
+    firm_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    detector: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    notification_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    plan: Mapped[str] = mapped_column(String(64), primary_key=True)
+    action: Mapped[str] = mapped_column(String(16), primary_key=True)
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    credit_type: Mapped[str] = mapped_column(String(16), primary_key=True)
+    method: Mapped[str] = mapped_column(String(8), primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(200), primary_key=True)
+    http_status: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+    events: Mapped[int] = mapped_column(BigInteger)
+    failures: Mapped[int] = mapped_column(BigInteger)  # auth: success is false
+    lockouts: Mapped[int] = mapped_column(BigInteger)  # auth: account_locked
+    response_time_count: Mapped[int] = mapped_column(BigInteger)
+    response_time_sum: Mapped[float] = mapped_column(Float)
+    credits: Mapped[int] = mapped_column(BigInteger)
+    amount: Mapped[Decimal] = mapped_column(Numeric(20, 4))
+    duration_sum: Mapped[float] = mapped_column(Float)  # http_request
+    cache_hits: Mapped[int] = mapped_column(BigInteger)
+    cache_misses: Mapped[int] = mapped_column(BigInteger)
+
+
+class ScheduledJobRun(Base):
+    """One scheduled job's claim on one window: the key that makes a job run once per window.
+
+    A run inserts its (job, window_start) row before working; a second run
+    (another beat, a redelivery) finds the row and skips. See app.locks.
+    """
+
+    __tablename__ = "scheduled_job_runs"
+
+    job: Mapped[str] = mapped_column(String(64), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    owner: Mapped[str] = mapped_column(String(200))

@@ -139,3 +139,123 @@ TASK_RETRIES = Counter(
     "Task retries (database unreachable), by task name.",
     ["task"],
 )
+
+# --- scheduled jobs (workers/tasks/scheduled.py) ------------------------------
+# Gauges a scheduled job sets are `mostrecent`: whichever process ran the job
+# last holds the current value; the others' stale copies are ignored.
+
+JOB_LAST_SUCCESS = Gauge(
+    "metrics_job_last_success_timestamp_seconds",
+    "When each scheduled job last finished without error (Unix time); alert on its age.",
+    ["job"],
+    multiprocess_mode="mostrecent",
+)
+JOB_DURATION = Gauge(
+    "metrics_job_duration_seconds",
+    "Run time of each scheduled job's last successful run.",
+    ["job"],
+    multiprocess_mode="mostrecent",
+)
+JOB_FAILURES = Counter(
+    "metrics_job_failures_total",
+    "Scheduled job runs that raised an error.",
+    ["job"],
+)
+JOB_WINDOWS = Counter(
+    "metrics_job_windows_total",
+    "Windows a scheduled job ran (outcome=done) or found claimed by another run (outcome=skipped).",
+    ["job", "outcome"],
+)
+
+# --- dependencies and queues (refresh_health_metrics) -------------------------
+
+DEPENDENCY_UP = Gauge(
+    "dependency_up",
+    "Whether a dependency answered the last health refresh (1) or not (0): broker, database, alertmanager.",
+    ["dependency"],
+    multiprocess_mode="mostrecent",
+)
+DATABASE_CONNECTIONS = Gauge(
+    "database_connections",
+    "Connections to our database by state (in_use, idle): pg_stat_activity, or the pool on SQLite.",
+    ["state"],
+    multiprocess_mode="mostrecent",
+)
+# Labelled by address so no series exists (as a misleading 0) where no Redis is used.
+REDIS_CONNECTED_CLIENTS = Gauge(
+    "redis_connected_clients",
+    "Clients connected to Redis.",
+    ["address"],
+    multiprocess_mode="mostrecent",
+)
+REDIS_MEMORY_USED = Gauge(
+    "redis_memory_used_bytes",
+    "Memory used by Redis.",
+    ["address"],
+    multiprocess_mode="mostrecent",
+)
+REDIS_KEYSPACE_HIT_RATIO = Gauge(
+    "redis_keyspace_hit_ratio",
+    "Keyspace hits over hits and misses since Redis started.",
+    ["address"],
+    multiprocess_mode="mostrecent",
+)
+QUEUE_LENGTH = Gauge(
+    "celery_queue_length",
+    "Messages waiting in each Celery queue (Redis priority sub-queues included).",
+    ["queue"],
+    multiprocess_mode="mostrecent",
+)
+QUEUE_OLDEST_AGE = Gauge(
+    "celery_queue_oldest_message_age_seconds",
+    "Age of the oldest message waiting in each Celery queue (0 when empty).",
+    ["queue"],
+    multiprocess_mode="mostrecent",
+)
+
+# --- business aggregates (refresh_subscription_metrics, aggregate_*_performance)
+
+SUBSCRIPTIONS_ACTIVE = Gauge(
+    "subscriptions_active",
+    "Subscriptions active now (purchased or renewed, not cancelled, not expired), by plan.",
+    ["plan"],
+    multiprocess_mode="mostrecent",
+)
+# Per zone and firm, over the latest aggregated window (PERFORMANCE_WINDOW_SECONDS);
+# NaN for a zone or firm with nothing to compute from in that window.
+ZONE_RESPONSE_TIME = Gauge(
+    "zone_response_time_seconds",
+    "Panic response time quantiles (0.5, 0.95) per zone over the latest window.",
+    ["zone", "quantile"],
+    multiprocess_mode="mostrecent",
+)
+ZONE_COMPLETION_RATIO = Gauge(
+    "zone_completion_ratio",
+    "Completed over ended (completed, cancelled, prank) panic requests per zone, latest window.",
+    ["zone"],
+    multiprocess_mode="mostrecent",
+)
+ZONE_PRANK_RATIO = Gauge(
+    "zone_prank_ratio",
+    "Pranks over ended (completed, cancelled, prank) panic requests per zone, latest window.",
+    ["zone"],
+    multiprocess_mode="mostrecent",
+)
+FIRM_RESPONSE_TIME = Gauge(
+    "firm_response_time_seconds",
+    "Panic response time quantiles (0.5, 0.95) per firm over the latest window.",
+    ["firm_id", "quantile"],
+    multiprocess_mode="mostrecent",
+)
+FIRM_COMPLETION_RATIO = Gauge(
+    "firm_completion_ratio",
+    "Completed over ended (completed, cancelled, prank) panic requests per firm, latest window.",
+    ["firm_id"],
+    multiprocess_mode="mostrecent",
+)
+FIRM_PRANK_RATIO = Gauge(
+    "firm_prank_ratio",
+    "Pranks over ended (completed, cancelled, prank) panic requests per firm, latest window.",
+    ["firm_id"],
+    multiprocess_mode="mostrecent",
+)

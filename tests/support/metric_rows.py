@@ -11,7 +11,6 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -103,11 +102,82 @@ def reference_performance(
     return out
 
 
+def _rows_of(kind: str, when: st.SearchStrategy[datetime], **columns: st.SearchStrategy[Any]) -> Any:
+    return st.builds(lambda t, i, c: row(kind, t, event_id=i, **c), when, st.uuids(), st.fixed_dictionaries(columns))
+
+
+def events_of_every_kind(cutoff: datetime, now: datetime) -> Any:
+    """Rows of every kind from three days before `cutoff` to a day after, in whole minutes (instants repeat)."""
+    when = st.integers(-3 * 1440, 1440).map(lambda minutes: cutoff + timedelta(minutes=minutes))
+    money_or_none = st.none() | st.decimals(0, 1000, places=2, allow_nan=False)
+    return st.one_of(
+        _rows_of(
+            "panic_request",
+            when,
+            service_type=st.just("fire"),
+            status=st.sampled_from(["requested", "completed", "prank"]),
+            zone=st.sampled_from(["a", "b"]),
+            firm_id=st.sampled_from(["f1", None]),
+            response_time_seconds=st.none() | st.floats(0, 3600),
+        ),
+        _rows_of(
+            "auth",
+            when,
+            user_type=st.sampled_from(["guest", "admin"]),
+            success=st.booleans(),
+            account_locked=st.booleans(),
+        ),
+        _rows_of(
+            "notification",
+            when,
+            channel=st.sampled_from(["sms", "push"]),
+            status=st.sampled_from(["sent", "failed"]),
+            notification_type=st.just("panic_update"),
+        ),
+        _rows_of(
+            "subscription",
+            when,
+            subscription_id=st.sampled_from(["s1", "s2", "s3"]),
+            plan=st.sampled_from(["basic", "premium"]),
+            action=st.sampled_from(["purchased", "renewed", "cancelled", "expired"]),
+            amount=money_or_none,
+            currency=st.sampled_from(["ZAR", None]),
+            expires_at=st.none() | st.integers(-40, 40).map(lambda d: now + timedelta(days=d)),
+        ),
+        _rows_of(
+            "credit_transaction",
+            when,
+            customer_id=st.just("c"),
+            credit_type=st.sampled_from(["purchase", "spend"]),
+            credits=st.integers(0, 100),
+            amount=money_or_none,
+        ),
+        _rows_of(
+            "prank_detection",
+            when,
+            request_id=st.just("r"),
+            zone=st.just("a"),
+            detector=st.sampled_from(["repeat_caller", "location_mismatch"]),
+        ),
+        _rows_of(
+            "http_request",
+            when,
+            method=st.just("GET"),
+            endpoint=st.just("/api/v1/panic"),
+            http_status=st.sampled_from([200, 500]),
+            duration_seconds=st.floats(0, 30),
+        ),
+        _rows_of(
+            "gauge_report",
+            when,
+            source=st.just("web"),
+            websocket_connections=st.just(3),
+            cache_hits=st.integers(0, 50),
+            cache_misses=st.integers(0, 50),
+        ),
+    )
+
+
 def far_past_window(seed: int) -> datetime:
     """An aligned five-minute window start in 2001-2020 that no other test writes to."""
     return datetime(2001, 1, 1, tzinfo=UTC) + timedelta(minutes=5 * (seed % (20 * 365 * 288)))
-
-
-def money(value: float | Decimal | None) -> Decimal:
-    """A money value as the column keeps it (4 decimal places)."""
-    return Decimal(str(value or 0)).quantize(Decimal("0.0001"))

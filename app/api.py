@@ -1,0 +1,134 @@
+"""The platform's metrics API, served beside /metrics: the JSON summaries app teams already use.
+
+Thin routes over app.summaries, app.health and app.jobs. Query parameters
+are validated by FastAPI: a bad one gets a 422 whose `detail[].loc` names it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import httpx
+from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from app.config import Settings, get_settings
+from app.db.session import get_engine, session_scope
+from app.health import collect_health
+from app.jobs import refresh_health
+from app.summaries import business_summary, performance_summary
+
+router = APIRouter(prefix="/api/v1/metrics", tags=["metrics API"])
+
+_ALERTMANAGER_TIMEOUT_SECONDS = 5.0
+Hours = Annotated[int, Query(ge=1, le=24 * 366, description="How many hours back from now")]
+Subject = Annotated[str | None, Query(min_length=1, max_length=128)]
+
+
+def settings_dependency() -> Settings:
+    """The settings (a dependency, so tests can override it)."""
+    return get_settings()
+
+
+def engine_dependency() -> Engine:
+    """The database engine (a dependency, so tests can override it)."""
+    return get_engine()
+
+
+def session_dependency(engine: Annotated[Engine, Depends(engine_dependency)]) -> Iterator[Session]:
+    """A session for one request."""
+    with session_scope(engine) as session:
+        yield session
+
+
+SettingsDep = Annotated[Settings, Depends(settings_dependency)]
+EngineDep = Annotated[Engine, Depends(engine_dependency)]
+SessionDep = Annotated[Session, Depends(session_dependency)]
+
+
+def _error(status: int, error: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status)
+
+
+@router.get("/health", summary="Dependencies, database connections, Redis and queue depths")
+def health(settings: SettingsDep, engine: EngineDep) -> JSONResponse:
+    """What the health refresh would report now; 503 when a dependency is down."""
+    report = collect_health(settings=settings, engine=engine)
+    return JSONResponse(report.as_dict(), status_code=200 if report.healthy else 503)
+
+
+@router.get("/business", summary="Panic requests, auth, subscriptions, credits and prank rate")
+def business(session: SessionDep, hours: Hours = 24) -> dict[str, Any]:
+    """Business figures of the last `hours`, from the events (and the daily archive past retention)."""
+    return business_summary(session, now=datetime.now(UTC), hours=hours)
+
+
+@router.get("/performance", summary="Zone and firm performance from the snapshots")
+def performance(
+    session: SessionDep, firm_id: Subject = None, zone: Subject = None, hours: Hours = 12
+) -> dict[str, Any]:
+    """Per zone and firm over the last `hours`; `zone` or `firm_id` narrows to one, with its windows."""
+    return performance_summary(session, now=datetime.now(UTC), hours=hours, zone=zone, firm_id=firm_id)
+
+
+def _alert(alert: dict[str, Any]) -> dict[str, Any]:
+    labels, annotations = alert.get("labels", {}), alert.get("annotations", {})
+    return {
+        "name": labels.get("alertname"),
+        "severity": labels.get("severity"),
+        "state": alert.get("status", {}).get("state"),
+        "starts_at": alert.get("startsAt"),
+        "summary": annotations.get("summary"),
+        "labels": labels,
+        "annotations": annotations,
+    }
+
+
+@router.get("/alerts", summary="Active alerts, from Alertmanager's v2 API")
+def alerts(settings: SettingsDep) -> Any:
+    """Active, unsilenced alerts; 503 with a JSON error when Alertmanager is not configured or not reachable."""
+    if not settings.alertmanager_url:
+        return _error(503, "alertmanager_not_configured", "ALERTMANAGER_URL is not set")
+    url = f"{settings.alertmanager_url.rstrip('/')}/api/v2/alerts"
+    try:
+        response = httpx.get(
+            url,
+            params={"active": "true", "silenced": "false", "inhibited": "false"},
+            timeout=_ALERTMANAGER_TIMEOUT_SECONDS,
+        )
+        response.raise_for_status()
+        found = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return _error(503, "alertmanager_unreachable", f"{url}: {type(exc).__name__}")
+    active = [_alert(alert) for alert in found if isinstance(alert, dict)]
+    return {"count": len(active), "alerts": active}
+
+
+@router.get("/prometheus", response_class=Response, summary="The Prometheus exposition, as /metrics")
+def prometheus() -> Response:
+    """The same text /metrics serves."""
+    from app.metrics.endpoint import scrape  # the endpoint module includes this router
+
+    return Response(content=scrape(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.post("/update-cache-metrics", summary="Run the health refresh now")
+def update_cache_metrics(
+    settings: SettingsDep,
+    engine: EngineDep,
+    authorization: Annotated[str | None, Header(description="Bearer METRICS_API_TOKEN, when one is set")] = None,
+) -> Any:
+    """Refresh the health gauges at once (no once-per-window claim); needs the token when one is set."""
+    token = settings.metrics_api_token
+    if token is not None:
+        offered = (authorization or "").removeprefix("Bearer ").encode()
+        if not secrets.compare_digest(offered, token.get_secret_value().encode()):
+            return _error(401, "unauthorized", "send 'Authorization: Bearer <METRICS_API_TOKEN>'")
+    result = refresh_health(settings=settings, engine=engine, claim=False)
+    return result.as_dict()

@@ -1,0 +1,31 @@
+"""Time windows of the scheduled jobs, in UTC.
+
+Windows are aligned to the Unix epoch, hence to midnight UTC for any length
+that divides a day: the five-minute window of 12:03 is 12:00-12:05.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+
+def as_utc(moment: datetime) -> datetime:
+    """`moment` in UTC; a naive datetime (as SQLite returns them) is taken to be UTC already."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def window_start(moment: datetime, seconds: int) -> datetime:
+    """The start of the aligned window of `seconds` that holds `moment`."""
+    stamp = int(as_utc(moment).timestamp())
+    return datetime.fromtimestamp(stamp - stamp % seconds, UTC)
+
+
+def parse_window_start(value: str, seconds: int) -> datetime:
+    """An operator's `window_start` ("2026-11-24T12:00:00Z"; naive means UTC), aligned down."""
+    return window_start(datetime.fromisoformat(value), seconds)
+
+
+def recent_windows(*, now: datetime, seconds: int, count: int, grace_seconds: int = 0) -> list[datetime]:
+    """The last `count` windows that ended at least `grace_seconds` before `now`, oldest first."""
+    newest = window_start(as_utc(now) - timedelta(seconds=grace_seconds), seconds) - timedelta(seconds=seconds)
+    return [newest - timedelta(seconds=seconds * back) for back in reversed(range(count))]
