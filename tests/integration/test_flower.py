@@ -1,0 +1,66 @@
+"""Flower follows the worker's tasks: task events are on and JSON-serialised."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.conftest import WorkerFactory
+from tests.support.services import RedisServer, free_port, wait_until
+from tests.support.worker import ROOT
+from workers.tasks import events as tasks
+
+pytestmark = pytest.mark.integration
+
+
+def test_flower_shows_event_tasks_by_name(
+    start_worker: WorkerFactory, redis_server: RedisServer, unique: str, tmp_path: Path
+) -> None:
+    """A real Flower on the test broker lists a task fired with .delay() as succeeded, under its stable name."""
+    port = free_port()
+    env = {**os.environ, "BROKER_URL": redis_server.url, "FLOWER_UNAUTHENTICATED_API": "true"}
+    with (tmp_path / "flower.log").open("ab") as log:
+        flower = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "flower",
+                f"--port={port}",
+                "--address=127.0.0.1",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        api = f"http://127.0.0.1:{port}/api"
+
+        def answers() -> bool:
+            try:
+                return httpx.get(f"{api}/workers", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(answers, timeout=60, what="Flower's API")
+        start_worker()
+        result = tasks.record_panic_request_metrics.delay(service_type="fire", status="requested", zone=unique)
+
+        def seen() -> bool:
+            listed = httpx.get(f"{api}/tasks", timeout=5).json()
+            return listed.get(result.id, {}).get("state") == "SUCCESS"
+
+        wait_until(seen, timeout=60, what="the task listed as succeeded in Flower", interval=0.5)
+        task = httpx.get(f"{api}/tasks", timeout=5).json()[result.id]
+        assert task["name"] == "panic_metrics.events.record_panic_request_metrics"
+    finally:
+        flower.terminate()
+        flower.wait(timeout=10)
