@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 from kombu import Connection
@@ -29,6 +31,12 @@ def check_broker(settings: Settings | None = None) -> dict[str, Any]:
     """Whether the broker answers, and how fast; never raises."""
     settings = settings or get_settings()
     started = time.perf_counter()
+    if settings.broker_url.startswith("filesystem://"):
+        # The embedded broker is a local folder: reachable means writable.
+        folder = Path(transport_options(settings)["data_folder_in"])
+        if not os.access(folder, os.W_OK):
+            return {"ok": False, "error": "broker folder not writable"}
+        return {"ok": True, "latency_seconds": round(time.perf_counter() - started, 4)}
     try:
         with Connection(settings.broker_url, transport_options=transport_options(settings)) as connection:
             connection.ensure_connection(max_retries=1, timeout=2)
