@@ -32,6 +32,7 @@ from app.config import get_settings
 # A day: no panic response or HTTP request is longer, so a bigger value is a bug.
 MAX_DURATION_SECONDS = 86_400.0
 MAX_MONEY = Decimal("1000000000")
+MAX_DETAIL_FIELD = 80
 
 # The `metric_events.amount` column keeps four decimal places.
 MONEY_QUANTUM = Decimal("0.0001")
@@ -288,7 +289,8 @@ def _event_id_of(payload: Any) -> str | None:
 def _invalid(kind: str, payload: Any, exc: ValidationError) -> InvalidEvent:
     first = exc.errors(include_url=False, include_input=False)[0]
     loc = first["loc"][1:] if first["loc"][:1] == (kind,) else first["loc"]
-    where = ".".join(str(part) for part in loc) or "payload"
+    # A field name comes from the caller: cap it so a huge key cannot make a huge log line.
+    where = (".".join(str(part) for part in loc) or "payload")[:MAX_DETAIL_FIELD]
     return InvalidEvent(kind, first["type"], f"{where}: {first['msg']}", _event_id_of(payload))
 
 
