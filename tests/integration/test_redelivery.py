@@ -71,10 +71,16 @@ def test_worker_killed_mid_stream_then_restarted_stores_everything_once(
     assert stored_in_zone(pg_engine, unique) == BATCHES * PER_BATCH
 
 
-def test_pool_child_killed_mid_batch_is_redelivered_and_counted_once(
+def test_pool_child_killed_mid_batch_is_redelivered_stored_once_and_never_counted_twice(
     start_worker: WorkerFactory, pg_engine: Engine, unique: str
 ) -> None:
-    """SIGKILL of pool children mid-batch: their messages are redelivered; every event counted exactly once."""
+    """SIGKILL of pool children mid-batch: messages redelivered, every event stored once, none counted twice.
+
+    A child killed between its COMMIT and the counter increments that follow
+    loses those increments (the redelivery finds the rows and counts them as
+    duplicates): at most one batch per killed child. That window is a known
+    gap of counting in-process after commit; see the README's troubleshooting.
+    """
     worker = start_worker()
     for _ in range(BATCHES):
         tasks.record_events.delay(
@@ -84,13 +90,18 @@ def test_pool_child_killed_mid_batch_is_redelivered_and_counted_once(
             ]
         )
     wait_until(lambda: stored_in_zone(pg_engine, unique) >= 5 * PER_BATCH, timeout=60, what="some batches stored")
-    for pid in worker.children():
+    killed = worker.children()
+    for pid in killed:
         os.kill(pid, signal.SIGKILL)
     assert stored_in_zone(pg_engine, unique) < BATCHES * PER_BATCH, "the worker finished before it could be killed"
 
-    wait_until(
-        lambda: total(worker.scrape(), "panic_requests_total", zone=unique) == BATCHES * PER_BATCH,
-        timeout=120,
-        what="every event counted",
-    )
+    def settled() -> bool:
+        samples = worker.scrape()
+        counted = total(samples, "panic_requests_total", zone=unique)
+        duplicates = total(samples, "metrics_events_duplicate_total", kind="panic_request")
+        return counted + duplicates >= BATCHES * PER_BATCH
+
+    wait_until(settled, timeout=120, what="every message processed")
     assert stored_in_zone(pg_engine, unique) == BATCHES * PER_BATCH
+    counted = total(worker.scrape(), "panic_requests_total", zone=unique)
+    assert BATCHES * PER_BATCH - PER_BATCH * len(killed) <= counted <= BATCHES * PER_BATCH
