@@ -126,8 +126,10 @@ def ingest(
         try:
             with session_factory() as session:
                 result = store_and_count(session, events=events, published_at=published_at)
-        except (OperationalError, DBAPIError) as exc:
-            if isinstance(exc, DBAPIError) and not (exc.connection_invalidated or isinstance(exc, OperationalError)):
+        except DBAPIError as exc:
+            # Unreachable or dropped connections are worth a retry; any other
+            # database error is a bug, and retrying it would only repeat it.
+            if not (isinstance(exc, OperationalError) or exc.connection_invalidated):
                 raise
             raise DatabaseUnavailable(str(exc.orig or exc)) from exc
     for invalid in rejections:
