@@ -60,7 +60,10 @@ def test_worker_killed_mid_stream_then_restarted_stores_everything_once(
     killed_at = time.monotonic()
     wait_until(lambda: time.monotonic() - killed_at > VISIBILITY_TIMEOUT + 0.5, timeout=10, what="visibility timeout")
     second = start_worker(BROKER_VISIBILITY_TIMEOUT_SECONDS=str(VISIBILITY_TIMEOUT))
-    wait_until(lambda: stored_in_zone(pg_engine, unique) == BATCHES * PER_BATCH, timeout=120, what="every event stored")
+    # The new worker restores them when it starts or, when the start-up scan
+    # misses them (a dead worker's restore mutex, the scan throttle), at its
+    # periodic scan: with kombu's defaults that takes up to about two minutes.
+    wait_until(lambda: stored_in_zone(pg_engine, unique) == BATCHES * PER_BATCH, timeout=300, what="every event stored")
     wait_until(
         lambda: (
             total(second.scrape(), "panic_requests_total", zone=unique) == BATCHES * PER_BATCH - stored_before_restart
