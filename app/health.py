@@ -23,6 +23,7 @@ from sqlalchemy.pool import QueuePool
 
 from app.broker import check_broker, transport_options
 from app.config import Settings
+from app.db.session import check_database
 from app.metrics import definitions as m
 
 #: The queues workers/celery_app.py declares (app/ does not import Celery).
@@ -69,15 +70,6 @@ class HealthReport:
     def as_dict(self) -> dict[str, Any]:
         """The report as JSON-ready values."""
         return {"status": "ok" if self.healthy else "degraded", **asdict(self)}
-
-
-def _database_up(engine: Engine) -> bool:
-    try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except Exception:  # noqa: BLE001 - any failure means down; the gauge says so
-        return False
-    return True
 
 
 def database_connections(engine: Engine) -> dict[str, int] | None:
@@ -184,7 +176,7 @@ def alertmanager_up(url: str) -> bool:
 
 def collect_health(*, settings: Settings, engine: Engine, queues: tuple[str, ...] = DEFAULT_QUEUES) -> HealthReport:
     """Ask every dependency how it is; never raises for one that is down."""
-    dependencies = {"broker": bool(check_broker(settings)["ok"]), "database": _database_up(engine)}
+    dependencies = {"broker": bool(check_broker(settings)["ok"]), "database": bool(check_database(engine)["ok"])}
     if settings.alertmanager_url:
         dependencies["alertmanager"] = alertmanager_up(settings.alertmanager_url)
     redis_url = settings.redis_url or (settings.broker_url if settings.broker_url.startswith("redis") else None)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -52,9 +53,25 @@ def dispose_engines() -> None:
         engine.dispose(close=False)
 
 
+_SESSION_FACTORIES: dict[Engine, sessionmaker[Session]] = {}
+
+
 @contextmanager
 def session_scope(engine: Engine | None = None) -> Iterator[Session]:
     """A session whose transaction commits on success and rolls back on error."""
-    factory = sessionmaker(bind=engine or get_engine(), expire_on_commit=False)
-    with factory() as session, session.begin():
+    engine = engine or get_engine()
+    if engine not in _SESSION_FACTORIES:
+        _SESSION_FACTORIES[engine] = sessionmaker(bind=engine, expire_on_commit=False)
+    with _SESSION_FACTORIES[engine]() as session, session.begin():
         yield session
+
+
+def check_database(engine: Engine | None = None) -> dict[str, Any]:
+    """Whether the database answers `SELECT 1`, and how fast; never raises."""
+    started = time.perf_counter()
+    try:
+        with (engine or get_engine()).connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - any failure means unreachable; the reason is reported
+        return {"ok": False, "error": type(exc).__name__}
+    return {"ok": True, "latency_seconds": round(time.perf_counter() - started, 4)}

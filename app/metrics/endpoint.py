@@ -11,18 +11,16 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
 from app import __version__
 from app.broker import check_broker
 from app.config import get_settings
-from app.db.session import get_engine
+from app.db.session import check_database
 from app.metrics.housekeeping import Housekeeper, HousekeepingCollector, timed
 from app.metrics.multiproc import collect_registry, prepare_directory, writable
 
@@ -57,16 +55,6 @@ def scrape() -> bytes:
     return body
 
 
-def _check_database() -> dict[str, Any]:
-    started = time.perf_counter()
-    try:
-        with get_engine().connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001 - any failure means unreachable; the reason is reported
-        return {"ok": False, "error": type(exc).__name__}
-    return {"ok": True, "latency_seconds": round(time.perf_counter() - started, 4)}
-
-
 def create_api() -> FastAPI:
     """The endpoint's ASGI app."""
     api = FastAPI(title="panic-metrics", version=__version__)
@@ -79,7 +67,7 @@ def create_api() -> FastAPI:
     def health() -> JSONResponse:
         checks = {
             "broker": check_broker(),
-            "database": _check_database(),
+            "database": check_database(),
             "metrics_directory": {"ok": writable(multiproc_dir()), "path": str(multiproc_dir())},
         }
         healthy = all(check["ok"] for check in checks.values())
