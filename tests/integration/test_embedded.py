@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.services import wait_until
-from tests.support.worker import ROOT, Worker, total, value
+from tests.support.worker import ROOT, Worker, embedded_environment, total, value
 
 pytestmark = pytest.mark.integration
 
@@ -24,16 +24,11 @@ record_events.delay([{"kind": "auth", "user_type": "guest", "success": True}] * 
 
 def test_embedded_default_records_and_exposes_events(tmp_path: Path) -> None:
     """With no servers configured, events fired with .delay() are stored in SQLite and shown on /metrics."""
-    env = {
-        "BROKER_URL": "filesystem://",
-        "BROKER_FOLDER": str(tmp_path / "broker"),
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'panic_metrics.sqlite3'}",
-    }
-    full_env = {**os.environ, **env, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "publisher_multiproc")}
-    subprocess.run([sys.executable, "-m", "app.cli", "migrate"], cwd=ROOT, env=full_env, check=True)
+    env = embedded_environment(tmp_path)
     worker = Worker(env, tmp_path / "worker").start()
     try:
-        subprocess.run([sys.executable, "-c", PUBLISH], cwd=ROOT, env=full_env, check=True)
+        publisher_env = {**os.environ, **env, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "publisher_multiproc")}
+        subprocess.run([sys.executable, "-c", PUBLISH], cwd=ROOT, env=publisher_env, check=True)
         wait_until(
             lambda: total(worker.scrape(), "panic_requests_total", zone="embedded") == 25,
             timeout=60,

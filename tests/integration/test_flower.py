@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,8 +9,8 @@ import httpx
 import pytest
 
 from tests.integration.conftest import WorkerFactory
+from tests.support.processes import LoggedProcess
 from tests.support.services import RedisServer, free_port, wait_until
-from tests.support.worker import ROOT
 from workers.tasks import events as tasks
 
 pytestmark = pytest.mark.integration
@@ -23,24 +21,12 @@ def test_flower_shows_event_tasks_by_name(
 ) -> None:
     """A real Flower on the test broker lists a task fired with .delay() as succeeded, under its stable name."""
     port = free_port()
-    env = {**os.environ, "BROKER_URL": redis_server.url, "FLOWER_UNAUTHENTICATED_API": "true"}
-    with (tmp_path / "flower.log").open("ab") as log:
-        flower = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.celery_app",
-                "flower",
-                f"--port={port}",
-                "--address=127.0.0.1",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=log,
-        )
+    flower = LoggedProcess(
+        [sys.executable, "-m", "celery", "-A", "workers.celery_app", "flower", f"--port={port}", "--address=127.0.0.1"],
+        {"BROKER_URL": redis_server.url, "FLOWER_UNAUTHENTICATED_API": "true"},
+        tmp_path / "flower.log",
+    )
+    flower.start_process()
     try:
         api = f"http://127.0.0.1:{port}/api"
 
@@ -62,5 +48,4 @@ def test_flower_shows_event_tasks_by_name(
         task = httpx.get(f"{api}/tasks", timeout=5).json()[result.id]
         assert task["name"] == "panic_metrics.events.record_panic_request_metrics"
     finally:
-        flower.terminate()
-        flower.wait(timeout=10)
+        flower.stop()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,8 +9,9 @@ import httpx
 import pytest
 
 from tests.integration.conftest import WorkerFactory
+from tests.support.processes import LoggedProcess
 from tests.support.services import free_port, wait_until
-from tests.support.worker import ROOT, Worker, scrape, total, value
+from tests.support.worker import Worker, scrape, total, value
 from workers.tasks import events as tasks
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -72,15 +71,12 @@ def test_standalone_endpoint_serves_and_compacts_a_directory_shared_by_workers(
     shared.mkdir()
     port = free_port()
     env = {
-        **os.environ,
         "PROMETHEUS_MULTIPROC_DIR": str(shared),
         "METRICS_PORT": str(port),
         "MULTIPROC_COMPACT_INTERVAL_SECONDS": "0.5",
     }
-    with (tmp_path / "endpoint.log").open("ab") as log:
-        endpoint = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve-metrics"], cwd=ROOT, env=env, stdout=log, stderr=log
-        )
+    endpoint = LoggedProcess([sys.executable, "-m", "app.cli", "serve-metrics"], env, tmp_path / "endpoint.log")
+    endpoint.start_process()
     try:
         url = f"http://127.0.0.1:{port}/metrics"
         wait_until(lambda: _answers(url), timeout=30, what="standalone endpoint")
@@ -110,8 +106,7 @@ def test_standalone_endpoint_serves_and_compacts_a_directory_shared_by_workers(
         )
         assert total(scrape(url), "panic_requests_total", zone=unique) == 200
     finally:
-        endpoint.terminate()
-        endpoint.wait(timeout=10)
+        endpoint.stop()
 
 
 def _answers(url: str) -> bool:

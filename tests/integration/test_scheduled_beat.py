@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +16,7 @@ from beat_schedule import intervals
 from tests.integration.conftest import WorkerFactory
 from tests.support.beat import Beat
 from tests.support.services import RedisServer, wait_until
-from tests.support.worker import ROOT, Worker, value
+from tests.support.worker import Worker, embedded_environment, value
 from workers.tasks import events as tasks
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -139,14 +136,7 @@ def test_two_beats_and_a_worker_run_every_job_once_per_window(
 
 def test_make_run_beat_runs_every_job_on_the_embedded_default(tmp_path: Path) -> None:
     """`celery worker --beat` with no server (SQLite, filesystem broker) runs every job without error."""
-    env = {
-        "BROKER_URL": "filesystem://",
-        "BROKER_FOLDER": str(tmp_path / "broker"),
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'panic_metrics.sqlite3'}",
-        **SHORT_INTERVALS,
-    }
-    full_env = {**os.environ, **env, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "migrate_multiproc")}
-    subprocess.run([sys.executable, "-m", "app.cli", "migrate"], cwd=ROOT, env=full_env, check=True)
+    env = {**embedded_environment(tmp_path), **SHORT_INTERVALS}
     worker = Worker(env, tmp_path / "worker", extra=("--beat", "--schedule", str(tmp_path / "celerybeat-schedule")))
     worker.start()
     try:

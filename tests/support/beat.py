@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from tests.support.worker import ROOT
+from tests.support.processes import LoggedProcess
 
 
-class Beat:
+class Beat(LoggedProcess):
     """`celery beat` in a subprocess with its own schedule file and the environment a test gives it."""
+
+    stop_timeout = 15.0
 
     def __init__(self, env: Mapping[str, str], workdir: Path) -> None:
         self.workdir = workdir
-        self.log_path = workdir / "beat.log"
-        self.env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(workdir / "prometheus_multiproc"), **env}
-        self.argv = [
+        argv = [
             sys.executable,
             "-m",
             "celery",
@@ -32,24 +30,10 @@ class Beat:
             "--loglevel",
             "INFO",
         ]
-        self.process: subprocess.Popen[bytes] | None = None
+        beat_env = {"PROMETHEUS_MULTIPROC_DIR": str(workdir / "prometheus_multiproc"), **env}
+        super().__init__(argv, beat_env, workdir / "beat.log")
 
     def start(self) -> Beat:
         (self.workdir / "prometheus_multiproc").mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=log)
+        self.start_process()
         return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self.process = None

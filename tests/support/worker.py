@@ -12,9 +12,8 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.processes import ROOT, LoggedProcess
 from tests.support.services import free_port, wait_until
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -40,7 +39,7 @@ def total(samples: Mapping[tuple[str, frozenset[tuple[str, str]]], float], name:
     return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
 
 
-class Worker:
+class Worker(LoggedProcess):
     """`celery worker` in a subprocess, with the environment a test gives it."""
 
     def __init__(self, env: Mapping[str, str], workdir: Path, *, concurrency: int = 2, extra: tuple[str, ...] = ()):
@@ -49,16 +48,7 @@ class Worker:
         self.workdir = workdir
         self.health_url = f"http://127.0.0.1:{self.port}/health"
         self.multiproc_dir = Path(env.get("PROMETHEUS_MULTIPROC_DIR", workdir / "prometheus_multiproc"))
-        self.log_path = workdir / f"worker-{self.port}.log"
-        self.env = {
-            **os.environ,
-            "METRICS_PORT": str(self.port),
-            "METRICS_HOST": "127.0.0.1",
-            "PROMETHEUS_MULTIPROC_DIR": str(self.multiproc_dir),
-            "DEAD_LETTER_DIR": str(workdir / "dead_letter"),
-            **env,
-        }
-        self.argv = [
+        argv = [
             sys.executable,
             "-m",
             "celery",
@@ -77,16 +67,21 @@ class Worker:
             "--without-gossip",
             *extra,
         ]
-        self.process: subprocess.Popen[bytes] | None = None
+        worker_env = {
+            "METRICS_PORT": str(self.port),
+            "METRICS_HOST": "127.0.0.1",
+            "PROMETHEUS_MULTIPROC_DIR": str(self.multiproc_dir),
+            "DEAD_LETTER_DIR": str(workdir / "dead_letter"),
+            **env,
+        }
+        super().__init__(argv, worker_env, workdir / f"worker-{self.port}.log")
 
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/metrics"
 
     def start(self, timeout: float = 60) -> Worker:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
-            self.process = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=log)
+        self.start_process()
         wait_until(self._ready, timeout=timeout, what=f"worker endpoint on {self.port} (log: {self.log_path})")
         return self
 
@@ -102,9 +97,6 @@ class Worker:
     def scrape(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         return scrape(self.metrics_url)
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
     def children(self) -> list[int]:
         """Pids of the pool's child processes."""
         assert self.process is not None
@@ -117,17 +109,16 @@ class Worker:
             return
         for pid in self.children():
             os.kill(pid, signal.SIGKILL)
-        self.process.kill()
-        self.process.wait(timeout=10)
-        self.process = None
+        super().kill()
 
-    def stop(self) -> None:
-        """Warm shutdown (SIGTERM), then SIGKILL if it hangs."""
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.kill()
-        self.process = None
+
+def embedded_environment(directory: Path) -> dict[str, str]:
+    """The settings of the embedded default (SQLite, filesystem broker) under `directory`, database migrated."""
+    env = {
+        "BROKER_URL": "filesystem://",
+        "BROKER_FOLDER": str(directory / "broker"),
+        "DATABASE_URL": f"sqlite:///{directory / 'panic_metrics.sqlite3'}",
+    }
+    migrate_env = {**os.environ, **env, "PROMETHEUS_MULTIPROC_DIR": str(directory / "migrate_multiproc")}
+    subprocess.run([sys.executable, "-m", "app.cli", "migrate"], cwd=ROOT, env=migrate_env, check=True)
+    return env
