@@ -43,8 +43,8 @@ def own_database() -> Iterator[PostgresDatabase]:
 
 @pytest.fixture
 def processes() -> Iterator[list[LoggedProcess]]:
-    """Processes a test starts; every one is stopped afterwards, even on failure, last started first."""
+    """Processes a test starts; every one is killed afterwards (nothing of theirs outlives the test), even on failure."""
     started: list[LoggedProcess] = []
     yield started
     for process in reversed(started):
-        process.stop()
+        process.kill()

@@ -61,6 +61,7 @@ class Prometheus(LoggedProcess):
             "--log.level=warn",
         ]
         super().__init__(argv, {}, workdir / "prometheus.log")
+        self.client = httpx.Client(base_url=self.url, timeout=30)
 
     def start(self) -> Prometheus:
         self.start_process()
@@ -77,13 +78,21 @@ class Prometheus(LoggedProcess):
 
     def query(self, expr: str) -> httpx.Response:
         """An instant query; the caller reads the status (400 on a parse error) and the JSON."""
-        return httpx.post(f"{self.url}/api/v1/query", data={"query": expr}, timeout=30)
+        return self.client.post("/api/v1/query", data={"query": expr})
 
     def series_names(self) -> set[str]:
         """Every metric name Prometheus holds samples of."""
         response = httpx.get(f"{self.url}/api/v1/label/__name__/values", timeout=30)
         response.raise_for_status()
         return set(response.json()["data"])
+
+    def kill(self) -> None:
+        self.client.close()
+        super().kill()
+
+    def stop(self) -> None:
+        self.client.close()
+        super().stop()
 
     def targets_up(self) -> bool:
         """Every scrape target has been scraped successfully."""

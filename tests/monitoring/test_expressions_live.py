@@ -116,7 +116,7 @@ def test_every_expression_parses_and_returns_data(
     publish(own_redis.url, tasks.record_events, [DUPLICATE])
     publish(own_redis.url, tasks.record_events, BAD)
     demo = LoggedProcess(
-        [sys.executable, "-m", "app.cli", "demo", "--rate", "30", "--duration", "6", "--seed", "8"],
+        [sys.executable, "-m", "app.cli", "demo", "--rate", "30", "--duration", "3", "--seed", "8"],
         {"BROKER_URL": own_redis.url, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "demo_multiproc")},
         tmp_path / "demo.log",
     )
