@@ -12,10 +12,10 @@ def main(argv: list[str]) -> int:
     if "--check" in argv:
         stale = differences()
         for path in stale:
-            print(f"out of date: {path.relative_to(ROOT)} (run `make monitoring`)")  # noqa: T201
+            print(f"out of date: {path.relative_to(ROOT)} (run `make monitoring`)")
         return 1 if stale else 0
     for path in write():
-        print(f"wrote {path.relative_to(ROOT)}")  # noqa: T201
+        print(f"wrote {path.relative_to(ROOT)}")
     return 0
 
 

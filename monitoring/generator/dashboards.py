@@ -115,7 +115,9 @@ def _variables(*, zone: bool, firm: bool) -> list[Builder[dm.VariableModel]]:
         _query_variable("instance", "Worker host", f'label_values(up{{job="{t.WORKER_JOB}"}}, instance)'),
     ]
     if zone:
-        found.append(_query_variable("zone", "Zone", f'label_values(panic_requests_total{{job="{t.WORKER_JOB}"}}, zone)'))
+        found.append(
+            _query_variable("zone", "Zone", f'label_values(panic_requests_total{{job="{t.WORKER_JOB}"}}, zone)')
+        )
     if firm:
         found.append(
             _query_variable("firm", "Firm", f'label_values(firm_completion_ratio{{job="{t.WORKER_JOB}"}}, firm_id)')
@@ -266,7 +268,9 @@ def worker_overview() -> d.Dashboard:
                 width=8,
             )
         )
-        .with_panel(ts("Metric file bytes", q(f"metrics_multiproc_bytes{{{I}}}", "{{instance}}"), unit="bytes", width=8))
+        .with_panel(
+            ts("Metric file bytes", q(f"metrics_multiproc_bytes{{{I}}}", "{{instance}}"), unit="bytes", width=8)
+        )
         .with_panel(
             ts(
                 "Scrape time",
@@ -337,10 +341,16 @@ def business() -> d.Dashboard:
         .with_panel(
             tabulated(
                 "Firm league table (latest window)",
-                q(f'max by (firm_id) (firm_response_time_seconds{{{firm}, quantile="0.95"}})', instant=True, table_format=True),
+                q(
+                    f'max by (firm_id) (firm_response_time_seconds{{{firm}, quantile="0.95"}})',
+                    instant=True,
+                    table_format=True,
+                ),
                 q(f"max by (firm_id) (firm_completion_ratio{{{firm}}})", instant=True, table_format=True),
                 q(f"max by (firm_id) (firm_prank_ratio{{{firm}}})", instant=True, table_format=True),
-                description="Per firm: response p95 (s), completion ratio, prank ratio, from aggregate_firm_performance.",
+                description=(
+                    "Per firm: response p95 (s), completion ratio, prank ratio, from aggregate_firm_performance."
+                ),
             )
         )
         .with_panel(

@@ -53,7 +53,9 @@ def _quantile(q: float, metric: str, by: str, matchers: str = "") -> str:
 
 #: name -> expression. The dashboards read these names (dashboards.py).
 RECORDING_RULES: dict[str, str] = {
-    "service_type_status:panic_requests:rate5m": f"sum by (service_type, status) (rate(panic_requests_total{{{W}}}[5m]))",
+    "service_type_status:panic_requests:rate5m": (
+        f"sum by (service_type, status) (rate(panic_requests_total{{{W}}}[5m]))"
+    ),
     "zone_status:panic_requests:rate5m": f"sum by (zone, status) (rate(panic_requests_total{{{W}}}[5m]))",
     "zone:panic_requests_ended:increase15m": (
         f'sum by (zone) (increase(panic_requests_total{{{W}, status=~"completed|cancelled|prank"}}[15m]))'
@@ -71,8 +73,7 @@ RECORDING_RULES: dict[str, str] = {
     "endpoint:http_request_duration_seconds:p95_rate5m": _quantile(0.95, "http_request_duration_seconds", "endpoint"),
     "job:auth_login_attempts:rate5m": f"sum by (job) (rate(auth_login_attempts_total{{{W}}}[5m]))",
     "job:auth_login_failures:ratio_rate5m": (
-        f'sum by (job) (rate(auth_login_attempts_total{{{W}, result="failure"}}[5m]))'
-        " / job:auth_login_attempts:rate5m"
+        f'sum by (job) (rate(auth_login_attempts_total{{{W}, result="failure"}}[5m])) / job:auth_login_attempts:rate5m'
     ),
     "kind:metrics_events_stored:rate5m": f"sum by (kind) (rate(metrics_events_stored_total{{{W}}}[5m]))",
     "kind_since:metrics_event_lag_seconds:p95_rate5m": _quantile(0.95, "metrics_event_lag_seconds", "kind, since"),
@@ -87,7 +88,7 @@ RECORDING_RULES: dict[str, str] = {
 def _job_stale_expr() -> str:
     # One comparison per job: each job has its own interval, and the worker does not export it.
     parts = [
-        f"(time() - max by (exported_job) (metrics_job_last_success_timestamp_seconds{{{W}, exported_job=\"{job}\"}})"
+        f'(time() - max by (exported_job) (metrics_job_last_success_timestamp_seconds{{{W}, exported_job="{job}"}})'
         f" > {seconds * t.JOB_STALE_INTERVALS})"
         for job, seconds in t.JOB_INTERVALS_SECONDS.items()
     ]
@@ -100,7 +101,9 @@ def _panic_p95(severity: str, seconds: int) -> Alert:
         expr=f"service_type_zone:panic_request_response_time_seconds:p95_rate5m > {seconds}",
         for_=t.PANIC_RESPONSE_P95_FOR,
         severity=severity,
-        summary="Panic response p95 of {{ $labels.service_type }} in {{ $labels.zone }} is {{ $value | humanizeDuration }}",
+        summary=(
+            "Panic response p95 of {{ $labels.service_type }} in {{ $labels.zone }} is {{ $value | humanizeDuration }}"
+        ),
         description=(
             "Over the last 5 minutes, 95% of {{ $labels.service_type }} panic requests in {{ $labels.zone }}"
             f" were answered within {{{{ $value | humanizeDuration }}}}; the {severity} threshold is {seconds} s."
@@ -174,7 +177,10 @@ ALERTS: list[Alert] = [
         for_=t.HTTP_FOR,
         severity="warning",
         summary="{{ $value | humanizePercentage }} of {{ $labels.endpoint }} requests fail with 5xx",
-        description="The web app answers {{ $labels.endpoint }} with a 5xx status for {{ $value | humanizePercentage }} of requests (5 m).",
+        description=(
+            "The web app answers {{ $labels.endpoint }} with a 5xx status for {{ $value |"
+            " humanizePercentage }} of requests (5 m)."
+        ),
     ),
     Alert(
         name="HttpLatencyP95High",
@@ -185,7 +191,9 @@ ALERTS: list[Alert] = [
         for_=t.HTTP_FOR,
         severity="warning",
         summary="{{ $labels.endpoint }} p95 latency is {{ $value | humanizeDuration }}",
-        description="95% of the web app's {{ $labels.endpoint }} requests took up to {{ $value | humanizeDuration }} (5 m).",
+        description=(
+            "95% of the web app's {{ $labels.endpoint }} requests took up to {{ $value | humanizeDuration }} (5 m)."
+        ),
     ),
     Alert(
         name="LoginFailureRatioHigh",
@@ -196,7 +204,10 @@ ALERTS: list[Alert] = [
         for_=t.LOGIN_FOR,
         severity="warning",
         summary="{{ $value | humanizePercentage }} of logins fail",
-        description="{{ $value | humanizePercentage }} of login attempts failed over 5 minutes: credential stuffing or a broken login.",
+        description=(
+            "{{ $value | humanizePercentage }} of login attempts failed over 5 minutes: credential stuffing"
+            " or a broken login."
+        ),
     ),
     Alert(
         name="AccountLockoutSpike",
@@ -226,7 +237,10 @@ ALERTS: list[Alert] = [
         for_=t.ZONE_FOR,
         severity="warning",
         summary="Panic response p95 in {{ $labels.zone }} is {{ $value | humanizeDuration }}",
-        description="In the latest aggregated window, the p95 response time in {{ $labels.zone }} was {{ $value | humanizeDuration }}.",
+        description=(
+            "In the latest aggregated window, the p95 response time in {{ $labels.zone }} was {{ $value |"
+            " humanizeDuration }}."
+        ),
     ),
     Alert(
         name="ZonePrankRatioHigh",
@@ -234,18 +248,23 @@ ALERTS: list[Alert] = [
         for_=t.ZONE_FOR,
         severity="warning",
         summary="{{ $value | humanizePercentage }} of panic requests in {{ $labels.zone }} are pranks",
-        description="In the latest aggregated window, {{ $value | humanizePercentage }} of the requests that ended in {{ $labels.zone }} were pranks.",
+        description=(
+            "In the latest aggregated window, {{ $value | humanizePercentage }} of the requests that ended"
+            " in {{ $labels.zone }} were pranks."
+        ),
     ),
     Alert(
         name="QueueBacklogGrowing",
         expr=(
-            f"celery_queue_length{{{W}}} > {t.QUEUE_BACKLOG_MESSAGES}"
-            f" and deriv(celery_queue_length{{{W}}}[15m]) > 0"
+            f"celery_queue_length{{{W}}} > {t.QUEUE_BACKLOG_MESSAGES} and deriv(celery_queue_length{{{W}}}[15m]) > 0"
         ),
         for_=t.QUEUE_BACKLOG_FOR,
         severity="warning",
         summary="Queue {{ $labels.queue }} holds {{ $value | humanize }} messages and is growing",
-        description="The {{ $labels.queue }} queue grew for 15 minutes to {{ $value | humanize }} messages: the workers do not keep up.",
+        description=(
+            "The {{ $labels.queue }} queue grew for 15 minutes to {{ $value | humanize }} messages: the"
+            " workers do not keep up."
+        ),
     ),
     Alert(
         name="QueueOldestMessageTooOld",
@@ -253,7 +272,9 @@ ALERTS: list[Alert] = [
         for_=t.QUEUE_OLDEST_FOR,
         severity="warning",
         summary="Oldest message in {{ $labels.queue }} waits for {{ $value | humanizeDuration }}",
-        description="The oldest message in the {{ $labels.queue }} queue was published {{ $value | humanizeDuration }} ago.",
+        description=(
+            "The oldest message in the {{ $labels.queue }} queue was published {{ $value | humanizeDuration }} ago."
+        ),
     ),
     Alert(
         name="TaskFailureRatioHigh",
@@ -288,8 +309,7 @@ ALERTS: list[Alert] = [
     Alert(
         name="EventsRejected",
         expr=(
-            f"sum by (kind, reason) (increase(metrics_events_rejected_total{{{W}}}[10m]))"
-            f" > {t.EVENTS_REJECTED_PER_10M}"
+            f"sum by (kind, reason) (increase(metrics_events_rejected_total{{{W}}}[10m])) > {t.EVENTS_REJECTED_PER_10M}"
         ),
         for_="0m",
         severity="warning",
@@ -313,7 +333,9 @@ ALERTS: list[Alert] = [
         for_=t.MULTIPROC_FOR,
         severity="warning",
         summary="{{ $labels.instance }} multiprocess directory holds {{ $value }} files",
-        description="Dead pool children's metric files on {{ $labels.instance }} are not being merged; scrapes slow down.",
+        description=(
+            "Dead pool children's metric files on {{ $labels.instance }} are not being merged; scrapes slow down."
+        ),
     ),
     Alert(
         name="MultiprocDirectoryNotWritable",
@@ -345,7 +367,9 @@ ALERTS: list[Alert] = [
         for_=t.EVENT_LAG_FOR,
         severity="warning",
         summary="{{ $labels.kind }} events take {{ $value | humanizeDuration }} from publish to stored (p95)",
-        description="95% of {{ $labels.kind }} events were stored within {{ $value | humanizeDuration }} of their publish.",
+        description=(
+            "95% of {{ $labels.kind }} events were stored within {{ $value | humanizeDuration }} of their publish."
+        ),
     ),
 ]
 

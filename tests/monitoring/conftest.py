@@ -43,7 +43,7 @@ def own_database() -> Iterator[PostgresDatabase]:
 
 @pytest.fixture
 def processes() -> Iterator[list[LoggedProcess]]:
-    """Processes a test starts; every one is killed afterwards (nothing of theirs outlives the test), even on failure."""
+    """Processes a test starts; every one is killed afterwards, even on failure: nothing outlives the test."""
     started: list[LoggedProcess] = []
     yield started
     for process in reversed(started):

@@ -87,7 +87,7 @@ def declared_names() -> set[str]:
     names = set(HOUSEKEEPING)
     for value in vars(definitions).values():
         if isinstance(value, MetricWrapperBase):
-            base, kind = value._name, value._type  # noqa: SLF001 - prometheus_client keeps them private
+            base, kind = value._name, value._type
             names.update(base + suffix for suffix in _SUFFIXES[kind])
     return names
 
@@ -196,7 +196,9 @@ def _top_level_operators(expr: str) -> list[tuple[int, int, str]]:
         elif char in ")}]":
             depth -= 1
         elif depth == 0:
-            word = re.match(r"(or|and|unless)\b", expr[index:]) if (index == 0 or not expr[index - 1].isalnum()) else None
+            word = (
+                re.match(r"(or|and|unless)\b", expr[index:]) if (index == 0 or not expr[index - 1].isalnum()) else None
+            )
             symbol = re.match(r"==|!=|>=|<=|>|<", expr[index:])
             if word and (index == 0 or not (expr[index - 1].isalnum() or expr[index - 1] in "_:")):
                 found.append((index, index + len(word.group(1)), word.group(1)))

@@ -105,7 +105,8 @@ def test_every_alert_has_severity_annotations_and_a_runbook_anchor() -> None:
     for group in yaml.safe_load((PROMETHEUS / "rules/alerts.yml").read_text())["groups"]:
         for rule in group["rules"]:
             assert rule["labels"]["severity"] in {"critical", "warning"}
-            assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+            assert rule["annotations"]["summary"]
+            assert rule["annotations"]["description"]
             url = rule["annotations"]["runbook_url"]
             assert url.startswith(thresholds.RUNBOOK_URL + "#")
             assert url.split("#", 1)[1] in anchors, f"{rule['alert']}: no '## {rule['alert']}' in RUNBOOK.md"
@@ -115,13 +116,16 @@ def test_recording_rule_names_follow_level_metric_operations() -> None:
     """`level:metric:operations`: three parts, the metric part without _total."""
     for name in rules.RECORDING_RULES:
         level, metric, operations = name.split(":")
-        assert level and operations and metric and not metric.endswith("_total"), name
+        assert level, name
+        assert operations, name
+        assert metric, name
+        assert not metric.endswith("_total"), name
 
 
 def test_job_intervals_are_the_beat_schedule_defaults() -> None:
     """The stale-job thresholds are computed from the intervals the beat schedule uses by default."""
     defaults = Settings.model_construct()  # the field defaults, whatever this process's environment says
-    assert thresholds.JOB_INTERVALS_SECONDS == beat_schedule.intervals(defaults)
+    assert beat_schedule.intervals(defaults) == thresholds.JOB_INTERVALS_SECONDS
 
 
 def test_alertmanager_config_is_valid() -> None:

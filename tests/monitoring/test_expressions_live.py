@@ -73,9 +73,7 @@ def test_every_expression_parses_and_returns_data(
         concurrency=1,
     )
     healthy = Worker(env, tmp_path / "healthy")
-    prometheus = Prometheus(
-        tmp_path / "prometheus", targets=[f"127.0.0.1:{broken.port}", f"127.0.0.1:{healthy.port}"]
-    )
+    prometheus = Prometheus(tmp_path / "prometheus", targets=[f"127.0.0.1:{broken.port}", f"127.0.0.1:{healthy.port}"])
     processes.extend([prometheus, broken])
     prometheus.start()
     broken.start()
@@ -154,7 +152,7 @@ def test_every_expression_parses_and_returns_data(
         pytest.fail(f"expressions that fail:\n{failed}")
     direct = sum(outcome.returned_data for outcome in outcomes)
     via_operands = sum(outcome.operands_returned_data for outcome in outcomes)
-    print(  # noqa: T201 - the figures the issue asks for, seen with `pytest -s`
+    print(
         f"\nchecked {len(outcomes)} expressions: {direct} returned data, "
         f"{via_operands} returned none but their filter's operands did"
     )
