@@ -175,3 +175,10 @@ def test_inhibitions_name_real_alerts() -> None:
             found = re.fullmatch(r'alertname=~?"([^"]+)"', matcher)
             if found:
                 assert set(found.group(1).split("|")) <= names, matcher
+
+
+def test_readme_operations_lists_every_alert_with_its_runbook_link() -> None:
+    """The README's alert table names each alert and links its runbook section."""
+    readme = (ROOT / "README.md").read_text()
+    for alert in rules.ALERTS:
+        assert f"[{alert.name}](monitoring/RUNBOOK.md#{alert.name.lower()})" in readme, alert.name
