@@ -39,6 +39,11 @@ def q(expr: str, legend: str = "", *, instant: bool = False, table_format: bool 
     return query
 
 
+def _ref_ids(targets: tuple[prometheus.Dataquery, ...]) -> list[prometheus.Dataquery]:
+    # Grafana tells a panel's queries apart by refId: A, B, C...
+    return [target.ref_id(chr(ord("A") + index)) for index, target in enumerate(targets)]
+
+
 def _thresholds(*steps: tuple[float, str]) -> d.ThresholdsConfig:
     return (
         d.ThresholdsConfig()
@@ -61,7 +66,7 @@ def ts(
         .title(title)
         .description(description)
         .datasource(DS)
-        .targets(list(targets))
+        .targets(_ref_ids(targets))
         .unit(unit)
         .height(8)
         .span(width)
@@ -89,7 +94,7 @@ def single(
     width: int = 6,
 ) -> stat.Panel:
     """A stat panel: the current value, coloured by the thresholds."""
-    panel = stat.Panel().title(title).datasource(DS).targets([target]).unit(unit).height(5).span(width)
+    panel = stat.Panel().title(title).datasource(DS).targets(_ref_ids((target,))).unit(unit).height(5).span(width)
     if limits:
         panel = panel.thresholds(_thresholds(*limits))
     return panel
@@ -102,7 +107,7 @@ def tabulated(title: str, *targets: prometheus.Dataquery, description: str = "",
         .title(title)
         .description(description)
         .datasource(DS)
-        .targets(list(targets))
+        .targets(_ref_ids(targets))
         .with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
         .height(9)
         .span(width)
@@ -325,7 +330,7 @@ def business() -> d.Dashboard:
             heatmap.Panel()
             .title("Zone response p95 (latest aggregated window)")
             .datasource(DS)
-            .targets([q(f'max by (zone) (zone_response_time_seconds{{{z}, quantile="0.95"}})', "{{zone}}")])
+            .targets(_ref_ids((q(f'max by (zone) (zone_response_time_seconds{{{z}, quantile="0.95"}})', "{{zone}}"),)))
             .unit("s")
             .height(8)
             .span(12)

@@ -6,6 +6,7 @@ packages, installed by scripts/test-services.sh (`make test`).
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -182,3 +183,33 @@ def test_readme_operations_lists_every_alert_with_its_runbook_link() -> None:
     readme = (ROOT / "README.md").read_text()
     for alert in rules.ALERTS:
         assert f"[{alert.name}](monitoring/RUNBOOK.md#{alert.name.lower()})" in readme, alert.name
+
+
+@pytest.mark.parametrize("board", ["worker-overview.json", "business.json", "http.json"])
+def test_dashboards_refresh_every_30s_with_variables_annotations_and_distinct_queries(board: str) -> None:
+    """30 s refresh, datasource and instance variables (zone and firm on Business), firing alerts as annotations,
+    every query on the chosen data source with its own refId."""
+    data = json.loads((MONITORING / "grafana/dashboards" / board).read_text())
+    assert data["refresh"] == "30s"
+    variables = {v["name"]: v for v in data["templating"]["list"]}
+    expected = {"datasource", "instance"} | ({"zone", "firm"} if board == "business.json" else set())
+    assert set(variables) == expected
+    assert variables["datasource"]["type"] == "datasource"
+    assert [a["expr"] for a in data["annotations"]["list"]] == ['ALERTS{alertstate="firing"}']
+    for panel in data["panels"]:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        ref_ids = [target["refId"] for target in panel["targets"]]
+        assert all(ref_ids), panel["title"]
+        assert len(set(ref_ids)) == len(ref_ids), panel["title"]
+        assert all(target["datasource"]["uid"] == "${datasource}" for target in panel["targets"])
+
+
+def test_grafana_provisioning_points_at_the_prometheus_and_the_dashboards() -> None:
+    """The datasource is the stack's Prometheus; the dashboard provider reads the mounted dashboards folder."""
+    datasource = yaml.safe_load((MONITORING / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert datasource["datasources"][0]["type"] == "prometheus"
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    provider = yaml.safe_load((MONITORING / "grafana/provisioning/dashboards/panic-metrics.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/etc/grafana/dashboards/panic-metrics"
