@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PROMETHEUS_MULTIPROC_DIR ?= $(CURDIR)/var/prometheus_multiproc
 
-.PHONY: run worker demo test test-fast lint services install clean
+.PHONY: run worker demo test test-fast lint services install clean monitoring monitoring-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,14 @@ lint: $(STAMP)
 
 services:
 	bash scripts/test-services.sh
+
+## monitoring: regenerate the Prometheus rules and Grafana dashboards from monitoring/generator (thresholds.py)
+monitoring: $(STAMP)
+	$(BIN)/python -m monitoring.generator
+
+## monitoring-check: the monitoring tests alone (promtool, amtool, docker-compose, live Prometheus); `make test` runs them too
+monitoring-check: $(STAMP) services
+	$(BIN)/python -m pytest tests/monitoring
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

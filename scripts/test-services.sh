@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install and start what the integration tests need, idempotently:
-# Debian's redis-server, prometheus (promtool) and alertmanager, and the
+# Debian's redis-server, prometheus (promtool), prometheus-alertmanager
+# (amtool) and docker-compose, and the
 # machine's PostgreSQL 15 cluster with a role of the test suite's own. The
 # tests start their own redis-server on a port of their own and create (and
 # drop) a database per run with that role.
@@ -13,6 +14,12 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
+# The monitoring tests: promtool and prometheus, amtool and Alertmanager
+# (Debian names its binary prometheus-alertmanager), docker-compose for the
+# offline check of docker-compose.yml.
+command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
+command -v prometheus-alertmanager >/dev/null && command -v amtool >/dev/null || missing+=(prometheus-alertmanager)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "test-services: installing ${missing[*]}"
     as_root apt-get update -qq
@@ -40,4 +47,4 @@ BEGIN
 END
 \$\$;
 SQL
-echo "test-services: redis-server $(redis-server --version | awk '{print $3}'), PostgreSQL 15 up, role ${PG_ROLE} ready"
+echo "test-services: redis-server $(redis-server --version | awk '{print $3}'), promtool $(promtool --version 2>&1 | awk 'NR==1 {print $3}'), amtool $(amtool --version 2>&1 | awk 'NR==1 {print $3}'), PostgreSQL 15 up, role ${PG_ROLE} ready"

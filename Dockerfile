@@ -1,0 +1,14 @@
+# The worker image for docker-compose.yml: worker, beat, flower, migrate and serve-metrics all run from it.
+FROM python:3.11.10-slim-bookworm
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+COPY pyproject.toml README.md alembic.ini beat_schedule.py ./
+COPY app ./app
+COPY workers ./workers
+COPY alembic ./alembic
+# Editable: `panic-metrics migrate` finds alembic.ini beside the app package.
+RUN pip install -e . \
+    && useradd --system --uid 10001 --home-dir /var/lib/panic-metrics panic \
+    && mkdir -p /var/lib/panic-metrics \
+    && chown panic /var/lib/panic-metrics
+USER panic

@@ -1,0 +1,385 @@
+"""The Prometheus recording and alert rules, written out as monitoring/prometheus/rules/*.yml.
+
+Every metric name here is one the worker really exposes (app/metrics/definitions.py,
+app/metrics/housekeeping.py); every threshold comes from thresholds.py.
+Recording rules follow `level:metric:operations` and aggregate across hosts
+(`sum by`), so dashboards and alerts read one cheap series per subject.
+
+Scraped series carry the target's `job` label (WORKER_JOB); the worker's own
+`job` label on the scheduled-job metrics therefore arrives as `exported_job`
+(Prometheus renames a clashing label): see the findings in monitoring/RUNBOOK.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from monitoring.generator import thresholds as t
+
+W = f'job="{t.WORKER_JOB}"'
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert rule; `name` is also its runbook anchor."""
+
+    name: str
+    expr: str
+    for_: str
+    severity: str
+    summary: str
+    description: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def as_rule(self) -> dict[str, Any]:
+        """The rule as it goes into the YAML file."""
+        rule: dict[str, Any] = {"alert": self.name, "expr": self.expr}
+        if self.for_ != "0m":
+            rule["for"] = self.for_
+        rule["labels"] = {"severity": self.severity, **self.labels}
+        rule["annotations"] = {
+            "summary": self.summary,
+            "description": self.description,
+            "runbook_url": f"{t.RUNBOOK_URL}#{self.name.lower()}",
+        }
+        return rule
+
+
+def _quantile(q: float, metric: str, by: str, matchers: str = "") -> str:
+    selector = f"{metric}_bucket{{{W}{', ' + matchers if matchers else ''}}}"
+    return f"histogram_quantile({q}, sum by ({by}, le) (rate({selector}[5m])))"
+
+
+#: name -> expression. The dashboards read these names (dashboards.py).
+RECORDING_RULES: dict[str, str] = {
+    "service_type_status:panic_requests:rate5m": (
+        f"sum by (service_type, status) (rate(panic_requests_total{{{W}}}[5m]))"
+    ),
+    "zone_status:panic_requests:rate5m": f"sum by (zone, status) (rate(panic_requests_total{{{W}}}[5m]))",
+    "zone:panic_requests_ended:increase15m": (
+        f'sum by (zone) (increase(panic_requests_total{{{W}, status=~"completed|cancelled|prank"}}[15m]))'
+    ),
+    "service_type_zone:panic_request_response_time_seconds:p50_rate5m": _quantile(
+        0.5, "panic_request_response_time_seconds", "service_type, zone"
+    ),
+    "service_type_zone:panic_request_response_time_seconds:p95_rate5m": _quantile(
+        0.95, "panic_request_response_time_seconds", "service_type, zone"
+    ),
+    "endpoint:http_requests:rate5m": f"sum by (endpoint) (rate(http_requests_total{{{W}}}[5m]))",
+    "endpoint:http_requests_5xx:rate5m": f'sum by (endpoint) (rate(http_requests_total{{{W}, status=~"5.."}}[5m]))',
+    "endpoint:http_requests_5xx:ratio_rate5m": "endpoint:http_requests_5xx:rate5m / endpoint:http_requests:rate5m",
+    "endpoint:http_request_duration_seconds:p50_rate5m": _quantile(0.5, "http_request_duration_seconds", "endpoint"),
+    "endpoint:http_request_duration_seconds:p95_rate5m": _quantile(0.95, "http_request_duration_seconds", "endpoint"),
+    "job:auth_login_attempts:rate5m": f"sum by (job) (rate(auth_login_attempts_total{{{W}}}[5m]))",
+    "job:auth_login_failures:ratio_rate5m": (
+        f'sum by (job) (rate(auth_login_attempts_total{{{W}, result="failure"}}[5m])) / job:auth_login_attempts:rate5m'
+    ),
+    "kind:metrics_events_stored:rate5m": f"sum by (kind) (rate(metrics_events_stored_total{{{W}}}[5m]))",
+    "kind_since:metrics_event_lag_seconds:p95_rate5m": _quantile(0.95, "metrics_event_lag_seconds", "kind, since"),
+    "task:celery_tasks:rate5m": f"sum by (task) (rate(celery_task_duration_seconds_count{{{W}}}[5m]))",
+    "task:celery_task_duration_seconds:p95_rate5m": _quantile(0.95, "celery_task_duration_seconds", "task"),
+    "task:celery_task_failures:ratio_rate5m": (
+        f"sum by (task) (rate(celery_task_failures_total{{{W}}}[5m])) / task:celery_tasks:rate5m"
+    ),
+}
+
+
+def _job_stale_expr() -> str:
+    # One comparison per job: each job has its own interval, and the worker does not export it.
+    parts = [
+        f'(time() - max by (exported_job) (metrics_job_last_success_timestamp_seconds{{{W}, exported_job="{job}"}})'
+        f" > {seconds * t.JOB_STALE_INTERVALS})"
+        for job, seconds in t.JOB_INTERVALS_SECONDS.items()
+    ]
+    return " or ".join(parts)
+
+
+def _panic_p95(severity: str, seconds: int) -> Alert:
+    return Alert(
+        name="PanicResponseP95High",
+        expr=f"service_type_zone:panic_request_response_time_seconds:p95_rate5m > {seconds}",
+        for_=t.PANIC_RESPONSE_P95_FOR,
+        severity=severity,
+        summary=(
+            "Panic response p95 of {{ $labels.service_type }} in {{ $labels.zone }} is {{ $value | humanizeDuration }}"
+        ),
+        description=(
+            "Over the last 5 minutes, 95% of {{ $labels.service_type }} panic requests in {{ $labels.zone }}"
+            f" were answered within {{{{ $value | humanizeDuration }}}}; the {severity} threshold is {seconds} s."
+        ),
+    )
+
+
+ENOUGH_ZONE_REQUESTS = f"zone:panic_requests_ended:increase15m >= {t.ZONE_MIN_ENDED_REQUESTS_15M}"
+
+ALERTS: list[Alert] = [
+    Alert(
+        name="PanicMetricsWorkerDown",
+        expr=f"up{{{W}}} == 0",
+        for_=t.WORKER_DOWN_FOR,
+        severity="critical",
+        summary="Worker endpoint {{ $labels.instance }} is down",
+        description=(
+            "Prometheus cannot scrape {{ $labels.instance }}: the worker or its metrics endpoint is not running."
+            " Its events wait in Redis and its host's metrics are not collected."
+        ),
+    ),
+    Alert(
+        name="MonitoringTargetDown",
+        expr=f'up{{job!="{t.WORKER_JOB}"}} == 0',
+        for_=t.TARGET_DOWN_FOR,
+        severity="warning",
+        summary="{{ $labels.job }} target {{ $labels.instance }} is down",
+        description="Prometheus cannot scrape {{ $labels.instance }} of job {{ $labels.job }}.",
+    ),
+    Alert(
+        name="DatabaseUnreachable",
+        expr=f'dependency_up{{{W}, dependency="database"}} == 0',
+        for_=t.DEPENDENCY_DOWN_FOR,
+        severity="critical",
+        summary="Worker {{ $labels.instance }} cannot reach the database",
+        description=(
+            "The health refresh on {{ $labels.instance }} found PostgreSQL unreachable. Event tasks retry with"
+            " backoff and go to the dead-letter store when their retries run out."
+        ),
+    ),
+    Alert(
+        name="BrokerUnreachable",
+        expr=f'dependency_up{{{W}, dependency="broker"}} == 0',
+        for_=t.DEPENDENCY_DOWN_FOR,
+        severity="critical",
+        summary="Worker {{ $labels.instance }} cannot reach the broker",
+        description="The health refresh on {{ $labels.instance }} found Redis (the broker) unreachable.",
+    ),
+    Alert(
+        name="EventsNotConsumed",
+        expr=(
+            f'max without (instance) (celery_queue_length{{{W}, queue="events"}}) > 0'
+            f" unless on () sum(rate(metrics_events_stored_total{{{W}}}[10m])) > 0"
+        ),
+        for_=t.EVENTS_NOT_CONSUMED_FOR,
+        severity="critical",
+        summary="Events are waiting but none is being stored",
+        description=(
+            "{{ $value }} messages wait in the events queue and no event was stored in 10 minutes:"
+            " the workers are up but not consuming."
+        ),
+    ),
+    _panic_p95("warning", t.PANIC_RESPONSE_P95_WARNING_SECONDS),
+    _panic_p95("critical", t.PANIC_RESPONSE_P95_CRITICAL_SECONDS),
+    Alert(
+        name="HttpErrorRatioHigh",
+        expr=(
+            f"endpoint:http_requests_5xx:ratio_rate5m > {t.HTTP_5XX_RATIO}"
+            f" and on (endpoint) endpoint:http_requests:rate5m > {t.HTTP_MIN_REQUESTS_PER_SECOND}"
+        ),
+        for_=t.HTTP_FOR,
+        severity="warning",
+        summary="{{ $value | humanizePercentage }} of {{ $labels.endpoint }} requests fail with 5xx",
+        description=(
+            "The web app answers {{ $labels.endpoint }} with a 5xx status for {{ $value |"
+            " humanizePercentage }} of requests (5 m)."
+        ),
+    ),
+    Alert(
+        name="HttpLatencyP95High",
+        expr=(
+            f"endpoint:http_request_duration_seconds:p95_rate5m > {t.HTTP_P95_SECONDS}"
+            f" and on (endpoint) endpoint:http_requests:rate5m > {t.HTTP_MIN_REQUESTS_PER_SECOND}"
+        ),
+        for_=t.HTTP_FOR,
+        severity="warning",
+        summary="{{ $labels.endpoint }} p95 latency is {{ $value | humanizeDuration }}",
+        description=(
+            "95% of the web app's {{ $labels.endpoint }} requests took up to {{ $value | humanizeDuration }} (5 m)."
+        ),
+    ),
+    Alert(
+        name="LoginFailureRatioHigh",
+        expr=(
+            f"job:auth_login_failures:ratio_rate5m > {t.LOGIN_FAILURE_RATIO}"
+            f" and on (job) job:auth_login_attempts:rate5m > {t.LOGIN_MIN_ATTEMPTS_PER_SECOND}"
+        ),
+        for_=t.LOGIN_FOR,
+        severity="warning",
+        summary="{{ $value | humanizePercentage }} of logins fail",
+        description=(
+            "{{ $value | humanizePercentage }} of login attempts failed over 5 minutes: credential stuffing"
+            " or a broken login."
+        ),
+    ),
+    Alert(
+        name="AccountLockoutSpike",
+        expr=f"sum by (job) (increase(auth_account_lockouts_total{{{W}}}[10m])) > {t.LOCKOUTS_PER_10M}",
+        for_="0m",
+        severity="warning",
+        summary="{{ $value | humanize }} accounts locked in 10 minutes",
+        description="{{ $value | humanize }} accounts were locked after failed logins in the last 10 minutes.",
+    ),
+    Alert(
+        name="ZoneCompletionRatioLow",
+        expr=f"zone_completion_ratio{{{W}}} < {t.ZONE_COMPLETION_RATIO_MIN} and on (zone) {ENOUGH_ZONE_REQUESTS}",
+        for_=t.ZONE_FOR,
+        severity="warning",
+        summary="Only {{ $value | humanizePercentage }} of panic requests in {{ $labels.zone }} complete",
+        description=(
+            "In the latest aggregated window, {{ $value | humanizePercentage }} of the panic requests that ended"
+            " in {{ $labels.zone }} were completed (the rest cancelled or pranks)."
+        ),
+    ),
+    Alert(
+        name="ZoneResponseP95High",
+        expr=(
+            f'zone_response_time_seconds{{{W}, quantile="0.95"}} > {t.ZONE_RESPONSE_P95_SECONDS}'
+            f" and on (zone) {ENOUGH_ZONE_REQUESTS}"
+        ),
+        for_=t.ZONE_FOR,
+        severity="warning",
+        summary="Panic response p95 in {{ $labels.zone }} is {{ $value | humanizeDuration }}",
+        description=(
+            "In the latest aggregated window, the p95 response time in {{ $labels.zone }} was {{ $value |"
+            " humanizeDuration }}."
+        ),
+    ),
+    Alert(
+        name="ZonePrankRatioHigh",
+        expr=f"zone_prank_ratio{{{W}}} > {t.ZONE_PRANK_RATIO} and on (zone) {ENOUGH_ZONE_REQUESTS}",
+        for_=t.ZONE_FOR,
+        severity="warning",
+        summary="{{ $value | humanizePercentage }} of panic requests in {{ $labels.zone }} are pranks",
+        description=(
+            "In the latest aggregated window, {{ $value | humanizePercentage }} of the requests that ended"
+            " in {{ $labels.zone }} were pranks."
+        ),
+    ),
+    Alert(
+        name="QueueBacklogGrowing",
+        expr=(
+            f"celery_queue_length{{{W}}} > {t.QUEUE_BACKLOG_MESSAGES} and deriv(celery_queue_length{{{W}}}[15m]) > 0"
+        ),
+        for_=t.QUEUE_BACKLOG_FOR,
+        severity="warning",
+        summary="Queue {{ $labels.queue }} holds {{ $value | humanize }} messages and is growing",
+        description=(
+            "The {{ $labels.queue }} queue grew for 15 minutes to {{ $value | humanize }} messages: the"
+            " workers do not keep up."
+        ),
+    ),
+    Alert(
+        name="QueueOldestMessageTooOld",
+        expr=f"celery_queue_oldest_message_age_seconds{{{W}}} > {t.QUEUE_OLDEST_MESSAGE_SECONDS}",
+        for_=t.QUEUE_OLDEST_FOR,
+        severity="warning",
+        summary="Oldest message in {{ $labels.queue }} waits for {{ $value | humanizeDuration }}",
+        description=(
+            "The oldest message in the {{ $labels.queue }} queue was published {{ $value | humanizeDuration }} ago."
+        ),
+    ),
+    Alert(
+        name="TaskFailureRatioHigh",
+        expr=(
+            f"task:celery_task_failures:ratio_rate5m > {t.TASK_FAILURE_RATIO}"
+            f" and on (task) task:celery_tasks:rate5m > {t.TASK_MIN_RUNS_PER_SECOND}"
+        ),
+        for_=t.TASK_FAILURE_FOR,
+        severity="warning",
+        summary="{{ $value | humanizePercentage }} of {{ $labels.task }} runs fail",
+        description="{{ $value | humanizePercentage }} of {{ $labels.task }} runs failed for good over 5 minutes.",
+    ),
+    Alert(
+        name="TaskRetrying",
+        expr=f"sum by (task) (increase(celery_task_retries_total{{{W}}}[10m])) > {t.TASK_RETRIES_PER_10M}",
+        for_="5m",
+        severity="warning",
+        summary="{{ $labels.task }} retried {{ $value | humanize }} times in 10 minutes",
+        description="{{ $labels.task }} keeps retrying: the database is unreachable from at least one worker.",
+    ),
+    Alert(
+        name="EventsDeadLettered",
+        expr=f"sum by (kind) (increase(metrics_events_dead_lettered_total{{{W}}}[10m])) > 0",
+        for_="0m",
+        severity="critical",
+        summary="{{ $value | humanize }} {{ $labels.kind }} events went to the dead-letter store",
+        description=(
+            "Events ran out of retries and were written to DEAD_LETTER_DIR; they are not counted until"
+            " `panic-metrics replay-dead-letters` runs on that host."
+        ),
+    ),
+    Alert(
+        name="EventsRejected",
+        expr=(
+            f"sum by (kind, reason) (increase(metrics_events_rejected_total{{{W}}}[10m])) > {t.EVENTS_REJECTED_PER_10M}"
+        ),
+        for_="0m",
+        severity="warning",
+        summary="{{ $value | humanize }} {{ $labels.kind }} events rejected ({{ $labels.reason }})",
+        description="A caller sends {{ $labels.kind }} payloads that fail validation with reason {{ $labels.reason }}.",
+    ),
+    Alert(
+        name="ScheduledJobStale",
+        expr=_job_stale_expr(),
+        for_=t.JOB_STALE_FOR,
+        severity="warning",
+        summary="Scheduled job {{ $labels.exported_job }} last succeeded {{ $value | humanizeDuration }} ago",
+        description=(
+            f"{{{{ $labels.exported_job }}}} has not succeeded for more than {t.JOB_STALE_INTERVALS} of its"
+            " intervals: its gauges show old figures."
+        ),
+    ),
+    Alert(
+        name="MultiprocDirectoryGrowing",
+        expr=f"metrics_multiproc_files{{{W}}} > {t.MULTIPROC_FILES}",
+        for_=t.MULTIPROC_FOR,
+        severity="warning",
+        summary="{{ $labels.instance }} multiprocess directory holds {{ $value }} files",
+        description=(
+            "Dead pool children's metric files on {{ $labels.instance }} are not being merged; scrapes slow down."
+        ),
+    ),
+    Alert(
+        name="MultiprocDirectoryNotWritable",
+        expr=f"metrics_multiproc_writable{{{W}}} == 0",
+        for_="2m",
+        severity="critical",
+        summary="{{ $labels.instance }} cannot write its metric files",
+        description="PROMETHEUS_MULTIPROC_DIR on {{ $labels.instance }} refuses new files (disk full or permissions).",
+    ),
+    Alert(
+        name="MultiprocCompactionFailing",
+        expr=f"increase(metrics_multiproc_compaction_failures_total{{{W}}}[15m]) > 0",
+        for_="0m",
+        severity="warning",
+        summary="Metric file compaction fails on {{ $labels.instance }}",
+        description="Merging dead processes' metric files failed on {{ $labels.instance }}; the logs say why.",
+    ),
+    Alert(
+        name="MetricsScrapeSlow",
+        expr=f"metrics_scrape_duration_seconds{{{W}}} > {t.SCRAPE_SECONDS}",
+        for_=t.SCRAPE_FOR,
+        severity="warning",
+        summary="/metrics on {{ $labels.instance }} takes {{ $value | humanizeDuration }} to collect",
+        description="Collecting the multiprocess directory on {{ $labels.instance }} is slow; a scrape may time out.",
+    ),
+    Alert(
+        name="EventLagHigh",
+        expr=f'kind_since:metrics_event_lag_seconds:p95_rate5m{{since="published"}} > {t.EVENT_LAG_P95_SECONDS}',
+        for_=t.EVENT_LAG_FOR,
+        severity="warning",
+        summary="{{ $labels.kind }} events take {{ $value | humanizeDuration }} from publish to stored (p95)",
+        description=(
+            "95% of {{ $labels.kind }} events were stored within {{ $value | humanizeDuration }} of their publish."
+        ),
+    ),
+]
+
+
+def recording_rules_file() -> dict[str, Any]:
+    """monitoring/prometheus/rules/recording.yml."""
+    rules = [{"record": name, "expr": expr} for name, expr in RECORDING_RULES.items()]
+    return {"groups": [{"name": "panic-metrics-recording", "rules": rules}]}
+
+
+def alert_rules_file() -> dict[str, Any]:
+    """monitoring/prometheus/rules/alerts.yml."""
+    return {"groups": [{"name": "panic-metrics-alerts", "rules": [alert.as_rule() for alert in ALERTS]}]}
