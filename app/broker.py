@@ -24,7 +24,14 @@ def transport_options(settings: Settings) -> dict[str, Any]:
             "control_folder": str(folder / "control"),
             "store_processed": False,
         }
-    return {"visibility_timeout": settings.broker_visibility_timeout_seconds}
+    return {
+        "visibility_timeout": settings.broker_visibility_timeout_seconds,
+        # kombu scans for unacknowledged messages past their visibility timeout
+        # (a dead worker's) every interval x throttle seconds; throttle 1 makes
+        # the interval the one knob.
+        "unacked_restore_interval": settings.broker_unacked_restore_interval_seconds,
+        "unacked_restore_throttle": 1,
+    }
 
 
 def check_broker(settings: Settings | None = None) -> dict[str, Any]:
