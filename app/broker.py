@@ -31,6 +31,10 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         # the interval the one knob.
         "unacked_restore_interval": settings.broker_unacked_restore_interval_seconds,
         "unacked_restore_throttle": 1,
+        # Only one worker scans at a time, under a mutex in Redis; a worker
+        # killed mid-scan holds it until it expires (kombu: 300 s), and no one
+        # restores anything meanwhile. A scan takes milliseconds.
+        "unacked_mutex_expire": max(10, 3 * settings.broker_unacked_restore_interval_seconds),
     }
 
 

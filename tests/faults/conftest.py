@@ -101,9 +101,16 @@ def start_fault_worker(tmp_path: Path) -> Iterator[WorkerStarter]:
     """Start real `celery worker` processes with the environment given; every one is killed afterwards."""
     started: list[Worker] = []
 
-    def start(env: dict[str, str], *, concurrency: int = 2, name: str | None = None, wait: bool = True) -> Worker:
+    def start(
+        env: dict[str, str],
+        *,
+        concurrency: int = 2,
+        name: str | None = None,
+        wait: bool = True,
+        extra: tuple[str, ...] = (),
+    ) -> Worker:
         workdir = tmp_path / (name or f"worker{len(started)}")
-        worker = Worker({**FAST_RECOVERY, **env}, workdir, concurrency=concurrency)
+        worker = Worker({**FAST_RECOVERY, **env}, workdir, concurrency=concurrency, extra=extra)
         started.append(worker)
         if wait:
             return worker.start()
