@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import time
+import subprocess
 
 import pytest
 
-from tests.faults.conftest import VISIBILITY_TIMEOUT, Stream, WorkerStarter
+from tests.faults.conftest import WorkerStarter
 from tests.support.services import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -63,9 +63,9 @@ def test_sigterm_while_events_flow_exits_within_bound_and_unfinished_messages_co
         worker.process.terminate()
         try:
             worker.process.wait(timeout=SHUTDOWN_BOUND)
-        except Exception:
+        except subprocess.TimeoutExpired:
             worker.process.send_signal(signal.SIGUSR1)  # Celery logs every thread's stack
-            wait_until(lambda: "MainThread" in worker.log(), timeout=10, what="the stack dump")
+            wait_until(lambda log=worker.log: "MainThread" in log(), timeout=10, what="the stack dump")
             pytest.fail(f"round {round_}: worker running {SHUTDOWN_BOUND}s after SIGTERM; log: {worker.log_path}")
         worker.process = None
     start_fault_worker(env)
