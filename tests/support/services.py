@@ -38,12 +38,18 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str, inte
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
-class RedisServer:
-    """A redis-server process on its own port and directory, no persistence."""
+# What the README recommends for a production broker: every write appended and
+# fsynced once a second, and writes refused rather than keys evicted when full.
+PRODUCTION_PERSISTENCE = ("--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction")
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+
+class RedisServer:
+    """A redis-server process on its own port and directory; no persistence unless `persistence` is given."""
+
+    def __init__(self, directory: Path, port: int | None = None, persistence: tuple[str, ...] = ()) -> None:
         self.port = port or free_port()
         self.directory = directory
+        self.persistence = persistence
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -68,6 +74,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.directory),
+                *self.persistence,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
