@@ -17,7 +17,8 @@ from sqlalchemy import Engine, create_engine, func, select
 
 from app.config import Settings
 from app.db.models import MetricEvent
-from tests.support.services import PostgresDatabase, RedisServer, wait_until
+from tests.support.db import migrate
+from tests.support.services import PostgresDatabase, PrivateCluster, RedisServer, wait_until
 from tests.support.worker import Worker, embedded_environment
 from workers.celery_app import create_app
 
@@ -156,3 +157,18 @@ def embedded_stream(tmp_path: Path) -> Iterator[tuple[dict[str, str], Stream]]:
     engine = create_engine(env["DATABASE_URL"])
     yield env, Stream(env, engine)
     engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def private_postgres() -> Iterator[tuple[PrivateCluster, Engine]]:
+    """A PostgreSQL cluster of this module's own, migrated: the faults stop and restart it."""
+    cluster = PrivateCluster()
+    cluster.init()
+    cluster.start()
+    try:
+        engine = create_engine(cluster.url)
+        migrate(engine)
+        yield cluster, engine
+        engine.dispose()
+    finally:
+        cluster.destroy()
