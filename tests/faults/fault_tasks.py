@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from workers.celery_app import app
 from workers.tasks.base import EventTask
 
@@ -48,3 +50,15 @@ def poison_record_events(self: EventTask, /, events: list[Any]) -> dict[str, int
         return self.ingest(events, kind=None)
     finally:
         self._ingest = original  # type: ignore[method-assign]
+
+
+@app.task(base=EventTask, bind=True, name="tests.faults.stubborn_record_events")
+def stubborn_record_events(self: EventTask, /, events: list[Any], seconds: float) -> dict[str, int]:
+    """Ignore the soft time limit and run on: only the hard limit stops it (a child stuck in C code)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.1)
+        except SoftTimeLimitExceeded:
+            continue
+    return self.ingest(events, kind=None)

@@ -157,3 +157,32 @@ def test_pickle_message_is_refused_without_side_effect(
     )
     stream.assert_complete()
     assert not canary.exists()
+
+
+def test_task_past_hard_time_limit_is_killed_and_its_message_quarantined(
+    redis_stream: tuple[dict[str, str], Stream], start_fault_worker: WorkerStarter, tmp_path: Path
+) -> None:
+    """A task that ignores its soft limit is killed at the hard one; its arguments are kept in quarantine."""
+    env, stream = redis_stream
+    quarantine_dir = tmp_path / "quarantine"
+    limits = {
+        "TASK_SOFT_TIME_LIMIT_SECONDS": "1",
+        "TASK_TIME_LIMIT_SECONDS": "2",
+        "QUARANTINE_DIR": str(quarantine_dir),
+    }
+    start_fault_worker({**env, **limits}, extra=INCLUDE)
+    stuck = [stream.event()]
+    result = stream.app.send_task("tests.faults.stubborn_record_events", args=[stuck, 60], queue="events")
+    stream.publish_many(10)
+
+    def quarantined() -> list[dict[str, object]]:
+        return [json.loads(line) for path in quarantine_dir.glob("*.jsonl") for line in path.read_text().splitlines()]
+
+    def stuck_record() -> list[dict[str, object]]:
+        return [record for record in quarantined() if record["task_id"] == result.id]
+
+    wait_until(lambda: bool(stuck_record()), timeout=60, what="the stuck message quarantined")
+    (record,) = stuck_record()
+    assert record["reason"] == "hard_time_limit"
+    assert record["payloads"] == [{"task": "tests.faults.stubborn_record_events", "args": [stuck, 60], "kwargs": {}}]
+    stream.assert_complete()

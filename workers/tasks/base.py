@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 
 from app.config import get_settings
@@ -61,6 +61,19 @@ class EventTask(Task):  # type: ignore[type-arg]
             return self._quarantine(payloads, kind=kind, reason="time_limit", deliveries=deliveries)
         finally:
             forget_delivery(delivery)
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:  # noqa: ARG002 - Celery's signature
+        """A child killed at the hard time limit: keep the message's arguments (Celery acknowledges it)."""
+        # Celery calls this in the main process for a hard time limit, then
+        # acknowledges the message: without this, its events would be gone.
+        if isinstance(exc, TimeLimitExceeded):
+            quarantine(
+                [{"task": self.name, "args": list(args or ()), "kwargs": dict(kwargs or {})}],
+                kind=None,
+                reason="hard_time_limit",
+                task_id=task_id,
+            )
+            m.EVENTS_QUARANTINED.labels(kind="batch", reason="hard_time_limit").inc()
 
     def _quarantine(self, payloads: Sequence[Any], *, kind: str | None, reason: str, deliveries: int) -> dict[str, int]:
         quarantine(payloads, kind=kind, reason=reason, task_id=self.request.id or "direct", deliveries=deliveries)
