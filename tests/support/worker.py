@@ -71,6 +71,7 @@ class Worker(LoggedProcess):
             "METRICS_HOST": "127.0.0.1",
             "PROMETHEUS_MULTIPROC_DIR": str(self.multiproc_dir),
             "DEAD_LETTER_DIR": str(workdir / "dead_letter"),
+            "QUARANTINE_DIR": str(workdir / "quarantine"),
             **env,
         }
         super().__init__(argv, worker_env, workdir / f"worker-{self.port}.log")
