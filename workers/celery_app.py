@@ -8,7 +8,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Exchange, Queue
 
-from app.broker import transport_options
+from app.broker import transport_options, use_robust_redis_transport
 from app.config import Settings, get_settings
 from app.logs import configure_logging
 from beat_schedule import build_beat_schedule
@@ -21,6 +21,7 @@ PUBLISHED_AT_HEADER = "published_at"
 def create_app(settings: Settings | None = None) -> Celery:
     """Build the Celery app from settings."""
     settings = settings or get_settings()
+    use_robust_redis_transport()
     celery = Celery("panic_metrics", include=["workers.tasks.events", "workers.tasks.scheduled", "workers.lifecycle"])
     celery.conf.update(
         broker_url=settings.broker_url,

@@ -61,7 +61,7 @@ class ConsumingProbe:
         while not self._stop.is_set():
             try:
                 self.app.send_task(
-                    PROBE_TASK, args=[str(self.path)], queue=self.queue, expires=self.interval * 2, retry=False
+                    PROBE_TASK, args=[str(self.path)], queue=self.queue, expires=self.interval * 3, retry=False
                 )
             except Exception as exc:  # noqa: BLE001 - a broker down is what the probe reports; keep probing
                 log.warning("consuming probe not sent", extra={"error": type(exc).__name__})

@@ -72,3 +72,28 @@ def test_redis_killed_with_production_persistence_keeps_publishes_older_than_a_s
     redis.start()
     start_fault_worker(env)
     stream.assert_complete()
+
+
+def test_closing_a_connection_already_dropped_after_a_broker_loss_does_not_kill_the_worker(
+    redis_server: RedisServer,
+) -> None:
+    """kombu's restore-at-close on a connection whose client is gone raised AttributeError and killed the worker.
+
+    Seen in this suite's Redis restart: "Unrecoverable error: AttributeError("'NoneType'
+    object has no attribute 'hostname'")" from `_connparams` during `Connection.close`.
+    """
+    from kombu import Connection
+
+    from app.broker import RedisTransport, use_robust_redis_transport
+
+    use_robust_redis_transport()
+    queue = "restore-at-close-test"
+    with Connection(redis_server.url) as connection:
+        assert isinstance(connection.transport, RedisTransport)
+        connection.SimpleQueue(queue).put({"x": 1})
+        channel = connection.default_channel
+        message = channel.basic_get(queue, no_ack=False)
+        assert message is not None  # delivered, not acknowledged: restore-at-close has work to do
+        connection.transport.client = None  # what a close after a broker loss finds
+        channel.close()  # raised AttributeError with kombu's own transport
+        assert channel.closed
