@@ -45,7 +45,7 @@ def poison_record_events(self: EventTask, /, events: list[Any]) -> dict[str, int
         return {}
 
     # Through ingest's delivery cap, as a crashing payload would go.
-    original, self._ingest = self._ingest, lambda _payloads, _kind: crash()  # type: ignore[method-assign]
+    original, self._ingest = self._ingest, lambda *_args, **_kwargs: crash()  # type: ignore[method-assign]
     try:
         return self.ingest(events, kind=None)
     finally:

@@ -63,17 +63,19 @@ class EventTask(Task):  # type: ignore[type-arg]
             forget_delivery(delivery)
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:  # noqa: ARG002 - Celery's signature
-        """A child killed at the hard time limit: keep the message's arguments (Celery acknowledges it)."""
-        # Celery calls this in the main process for a hard time limit, then
-        # acknowledges the message: without this, its events would be gone.
-        if isinstance(exc, TimeLimitExceeded):
-            quarantine(
-                [{"task": self.name, "args": list(args or ()), "kwargs": dict(kwargs or {})}],
-                kind=None,
-                reason="hard_time_limit",
-                task_id=task_id,
-            )
-            m.EVENTS_QUARANTINED.labels(kind="batch", reason="hard_time_limit").inc()
+        """A failed message is acknowledged by Celery: keep its arguments in quarantine, with the reason."""
+        # Failures here are bugs (an error other than the database being
+        # unreachable) or a child killed at the hard time limit (Celery calls
+        # this in the main process then); either way the message is gone once
+        # this returns, so its events are set aside, never dropped.
+        reason = "hard_time_limit" if isinstance(exc, TimeLimitExceeded) else f"error:{type(exc).__name__}"
+        quarantine(
+            [{"task": self.name, "args": list(args or ()), "kwargs": dict(kwargs or {})}],
+            kind=None,
+            reason=reason,
+            task_id=task_id,
+        )
+        m.EVENTS_QUARANTINED.labels(kind="batch", reason=reason).inc()
 
     def _quarantine(self, payloads: Sequence[Any], *, kind: str | None, reason: str, deliveries: int) -> dict[str, int]:
         quarantine(payloads, kind=kind, reason=reason, task_id=self.request.id or "direct", deliveries=deliveries)
