@@ -77,6 +77,14 @@ class BlockingPool(BillardPool):
     _inqueue: Any
     _outqueue: Any
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # With put-locks the consumer blocks in apply_async until a slot is
+        # free, and slots leak when children are killed (seen: the main thread
+        # stuck in `_putlock.acquire()` after a few kill rounds, children idle).
+        # Without them the broker's prefetch limit bounds the reserved messages.
+        kwargs["putlocks"] = False
+        super().__init__(*args, **kwargs)
+
     def _setup_queues(self) -> None:
         super()._setup_queues()  # type: ignore[misc]
         # Children read jobs under the job pipe's read lock and write results
@@ -90,3 +98,9 @@ class TaskPool(PreforkTaskPool):
     """Celery's prefork pool (`worker_pool`), with the blocking pool above."""
 
     BlockingPool: Any = BlockingPool
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Celery asks for put-locks only with the blocking pool (on Redis's
+        # AsynPool they are off already); see BlockingPool.__init__.
+        kwargs["putlocks"] = False
+        super().__init__(*args, **kwargs)
