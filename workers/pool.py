@@ -14,7 +14,9 @@ result pipe's lock taken the same way.
 
 The fix keeps billiard's pool and swaps those two locks for POSIX record
 locks (`fcntl.lockf`) on a temporary file: the kernel releases a record lock
-when its holder dies, however it dies.
+when its holder dies, however it dies. It also turns off put-locks, whose
+slots leaked with killed children until the consumer blocked in
+`apply_async` for good.
 """
 
 from __future__ import annotations
