@@ -27,7 +27,7 @@ def test_worker_killed_with_prefetched_messages_second_worker_stores_all_once(
     """2. The whole worker SIGKILLed holding prefetched messages: a second worker gets them after the timeout."""
     env, stream = redis_stream
     first = start_fault_worker(env)
-    stream.publish_many(80)
+    stream.publish_many(150)
     stream.wait_stored(20, timeout=60, what="some events stored")
     first.kill()
     assert stream.stored() < len(stream.acknowledged), "the worker finished before it could be killed"
