@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 from kombu import Connection
+from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport import redis as kombu_redis
 
 from app.config import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:
@@ -24,7 +29,18 @@ def transport_options(settings: Settings) -> dict[str, Any]:
             "control_folder": str(folder / "control"),
             "store_processed": False,
         }
-    return {"visibility_timeout": settings.broker_visibility_timeout_seconds}
+    return {
+        "visibility_timeout": settings.broker_visibility_timeout_seconds,
+        # kombu scans for unacknowledged messages past their visibility timeout
+        # (a dead worker's) every interval x throttle seconds; throttle 1 makes
+        # the interval the one knob.
+        "unacked_restore_interval": settings.broker_unacked_restore_interval_seconds,
+        "unacked_restore_throttle": 1,
+        # Only one worker scans at a time, under a mutex in Redis; a worker
+        # killed mid-scan holds it until it expires (kombu: 300 s), and no one
+        # restores anything meanwhile. A scan takes milliseconds.
+        "unacked_mutex_expire": max(10, 3 * settings.broker_unacked_restore_interval_seconds),
+    }
 
 
 def check_broker(settings: Settings | None = None) -> dict[str, Any]:
@@ -43,3 +59,38 @@ def check_broker(settings: Settings | None = None) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - any failure means unreachable; the reason is reported
         return {"ok": False, "error": type(exc).__name__}
     return {"ok": True, "latency_seconds": round(time.perf_counter() - started, 4)}
+
+
+class _RedisQoS(kombu_redis.QoS):
+    def restore_unacked(self, client: Any = None) -> Any:
+        # kombu restores a channel's unacknowledged messages when it closes it.
+        # After a broker loss Celery closes a connection whose transport has
+        # already dropped its client; kombu then raises AttributeError from
+        # `_connparams`, which `Connection.maybe_close_channel` does not
+        # ignore, and the worker dies with "Unrecoverable error" instead of
+        # reconnecting. The messages stay in Redis's unacked index, and the
+        # restore scan hands them back after the visibility timeout.
+        if client is None and self.channel.connection.client is None:
+            log.warning("unacknowledged messages left to the visibility timeout: the connection is already closed")
+            return None
+        return super().restore_unacked(client)
+
+
+class _RedisChannel(kombu_redis.Channel):
+    QoS = _RedisQoS
+
+
+class RedisTransport(kombu_redis.Transport):
+    """kombu's Redis transport, surviving the close of a connection lost to a Redis restart."""
+
+    Channel = _RedisChannel
+
+
+def use_robust_redis_transport() -> None:
+    """Make `redis://` and `rediss://` URLs use RedisTransport in this process.
+
+    kombu picks the transport class from the URL's scheme through this table,
+    overriding Celery's `broker_transport`; the table is the one hook.
+    """
+    for scheme in ("redis", "rediss"):
+        TRANSPORT_ALIASES[scheme] = f"{__name__}:RedisTransport"

@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 VAR_DIR = Path("var")
@@ -46,6 +46,27 @@ class Settings(BaseSettings):
     task_max_retries: Annotated[int, Field(ge=0, le=100)] = 10
     task_retry_backoff_max_seconds: Annotated[int, Field(ge=1)] = 600
     dead_letter_dir: Path = VAR_DIR / "dead_letter"
+    # How often a worker looks for a dead worker's unacknowledged messages whose
+    # visibility timeout has passed (kombu's scan; its default is about 100 s).
+    broker_unacked_restore_interval_seconds: Annotated[int, Field(ge=1, le=3600)] = 10
+    # Messages each pool process reserves ahead (worker_prefetch_multiplier);
+    # a killed worker's reserved messages wait out the visibility timeout.
+    worker_prefetch_multiplier: Annotated[int, Field(ge=1, le=64)] = 4
+    # A message delivered this many times without finishing (it killed its
+    # child each time) is quarantined instead of run again.
+    task_max_deliveries: Annotated[int, Field(ge=1, le=100)] = 5
+    quarantine_dir: Path = VAR_DIR / "quarantine"
+    # An event task past the soft limit sets its payloads aside (quarantine);
+    # the hard limit kills a child that does not stop.
+    task_soft_time_limit_seconds: Annotated[int, Field(ge=1)] = 120
+    task_time_limit_seconds: Annotated[int, Field(ge=2)] = 150
+    # How often a worker sends itself a probe through the broker; /health says
+    # "not consuming" when none arrived for three intervals.
+    worker_consuming_probe_seconds: Annotated[float, Field(gt=0, le=3600)] = 15.0
+    # PostgreSQL: a connect or statement past these fails (and is retried)
+    # instead of wedging a pool child.
+    database_connect_timeout_seconds: Annotated[int, Field(ge=1, le=600)] = 5
+    database_statement_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
 
     # Label caps: values past the cap are counted under `other`.
     max_zones: Annotated[int, Field(ge=1, le=10_000)] = 200
@@ -115,6 +136,26 @@ class Settings(BaseSettings):
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
 
+    @model_validator(mode="after")
+    def _timeouts_fit(self) -> Settings:
+        # A message waiting for its retry is unacknowledged on Redis: a
+        # countdown past the visibility timeout gets it delivered twice over.
+        if (
+            self.broker_url.startswith(("redis://", "rediss://"))
+            and self.broker_visibility_timeout_seconds <= self.task_retry_backoff_max_seconds
+        ):
+            raise ValueError(
+                "BROKER_VISIBILITY_TIMEOUT_SECONDS "
+                f"({self.broker_visibility_timeout_seconds}) must be above TASK_RETRY_BACKOFF_MAX_SECONDS "
+                f"({self.task_retry_backoff_max_seconds}), the longest retry countdown"
+            )
+        if self.task_time_limit_seconds <= self.task_soft_time_limit_seconds:
+            raise ValueError(
+                f"TASK_TIME_LIMIT_SECONDS ({self.task_time_limit_seconds}) must be above "
+                f"TASK_SOFT_TIME_LIMIT_SECONDS ({self.task_soft_time_limit_seconds})"
+            )
+        return self
+
     @property
     def is_sqlite(self) -> bool:
         """True when the database is the embedded SQLite file."""
@@ -126,7 +167,9 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']).upper() or 'settings'}: {err['msg']}" for err in exc.errors()
+        )
         sys.exit(f"panic-metrics: invalid configuration: {problems}")
 
 

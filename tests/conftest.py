@@ -11,6 +11,7 @@ from pathlib import Path
 _RUN_DIR = Path(tempfile.mkdtemp(prefix="panic-metrics-tests-"))
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_RUN_DIR / "prometheus_multiproc")
 os.environ["DEAD_LETTER_DIR"] = str(_RUN_DIR / "dead_letter")
+os.environ["QUARANTINE_DIR"] = str(_RUN_DIR / "quarantine")
 os.environ["METRICS_ENABLED"] = "true"
 (_RUN_DIR / "prometheus_multiproc").mkdir()
 

@@ -8,7 +8,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Exchange, Queue
 
-from app.broker import transport_options
+from app.broker import transport_options, use_robust_redis_transport
 from app.config import Settings, get_settings
 from app.logs import configure_logging
 from beat_schedule import build_beat_schedule
@@ -21,6 +21,7 @@ PUBLISHED_AT_HEADER = "published_at"
 def create_app(settings: Settings | None = None) -> Celery:
     """Build the Celery app from settings."""
     settings = settings or get_settings()
+    use_robust_redis_transport()
     celery = Celery("panic_metrics", include=["workers.tasks.events", "workers.tasks.scheduled", "workers.lifecycle"])
     celery.conf.update(
         broker_url=settings.broker_url,
@@ -37,8 +38,20 @@ def create_app(settings: Settings | None = None) -> Celery:
         # and the unique event_id keeps them from being counted twice.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=4,
+        worker_prefetch_multiplier=settings.worker_prefetch_multiplier,
+        # On a lost broker connection, running acks_late tasks are cancelled:
+        # their messages come back anyway, and the worker reconnects clean
+        # rather than with tasks it can no longer acknowledge.
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # Reconnect for ever: a worker that gives up after a long Redis outage
+        # stops consuming for good.
+        broker_connection_max_retries=None,
+        task_soft_time_limit=settings.task_soft_time_limit_seconds,
+        task_time_limit=settings.task_time_limit_seconds,
         worker_concurrency=settings.worker_concurrency,
+        # Prefork, with billiard's blocking pool made safe for a SIGKILLed
+        # child (see workers/pool.py); on Redis Celery uses the AsynPool anyway.
+        worker_pool="workers.pool:TaskPool",
         worker_max_tasks_per_child=settings.worker_max_tasks_per_child or None,
         task_default_queue=EVENTS_QUEUE,
         task_queues=(
@@ -62,6 +75,33 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 app = create_app()
+
+
+# The settings every delivery guarantee rests on (README, "Reliability").
+GUARANTEES: dict[str, Any] = {
+    "task_acks_late": True,
+    "task_reject_on_worker_lost": True,
+    "worker_cancel_long_running_tasks_on_connection_loss": True,
+    "task_serializer": "json",
+    "accept_content": ["json"],
+}
+
+
+def weakened_guarantees(conf: Any) -> list[str]:
+    """The guarantee settings that something (a config module, a CELERY_* override) has changed."""
+    return [
+        f"{name}={conf.get(name)!r} (needs {wanted!r})"
+        for name, wanted in GUARANTEES.items()
+        if conf.get(name) != wanted
+    ]
+
+
+@signals.worker_init.connect
+def _refuse_weakened_guarantees(sender: Any = None, **_: Any) -> None:
+    conf = sender.app.conf if sender is not None else app.conf
+    problems = weakened_guarantees(conf)
+    if problems:
+        raise SystemExit(f"panic-metrics: refusing to start, delivery guarantees weakened: {'; '.join(problems)}")
 
 
 @signals.setup_logging.connect

@@ -44,7 +44,19 @@ def _create_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_recycle=1800)
+    settings = get_settings()
+    # Bounded waits: an unreachable server fails the connect, and a hung query
+    # (a lock never released, a server stalled mid-statement) is cancelled by
+    # the server, so a pool child is never wedged; both surface as
+    # OperationalError, which the event task retries.
+    statement_timeout_ms = int(settings.database_statement_timeout_seconds * 1000)
+    connect_args = {
+        "connect_timeout": settings.database_connect_timeout_seconds,
+        "options": f"-c statement_timeout={statement_timeout_ms}",
+    }
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_recycle=1800, connect_args=connect_args
+    )
 
 
 def dispose_engines() -> None:

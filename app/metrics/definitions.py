@@ -111,6 +111,11 @@ EVENTS_DEAD_LETTERED = Counter(
     "Events set aside after the retry budget ran out; replay them with `panic-metrics replay`.",
     ["kind"],
 )
+EVENTS_QUARANTINED = Counter(
+    "metrics_events_quarantined_total",
+    "Messages set aside unrun: delivered too often without finishing, or past their time limit.",
+    ["kind", "reason"],
+)
 # Lag from milliseconds (healthy) to a day (a replayed dead letter or a late
 # batch from a phone that was offline).
 EVENT_LAG = Histogram(

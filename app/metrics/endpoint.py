@@ -10,7 +10,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Response
@@ -33,6 +35,9 @@ def multiproc_dir() -> Path:
 
 
 _housekeeper: Housekeeper | None = None
+
+#: Set by a worker serving this endpoint: whether it consumes (workers/lifecycle.py).
+consuming_check: Callable[[], dict[str, Any]] | None = None
 
 
 def housekeeper() -> Housekeeper:
@@ -70,6 +75,8 @@ def create_api() -> FastAPI:
             "database": check_database(),
             "metrics_directory": {"ok": writable(multiproc_dir()), "path": str(multiproc_dir())},
         }
+        if consuming_check is not None:
+            checks["consuming"] = consuming_check()
         healthy = all(check["ok"] for check in checks.values())
         body = {"status": "ok" if healthy else "degraded", "version": __version__, "checks": checks}
         return JSONResponse(body, status_code=200 if healthy else 503)

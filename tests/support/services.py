@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -38,12 +39,18 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str, inte
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
-class RedisServer:
-    """A redis-server process on its own port and directory, no persistence."""
+# What the README recommends for a production broker: every write appended and
+# fsynced once a second, and writes refused rather than keys evicted when full.
+PRODUCTION_PERSISTENCE = ("--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction")
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+
+class RedisServer:
+    """A redis-server process on its own port and directory; no persistence unless `persistence` is given."""
+
+    def __init__(self, directory: Path, port: int | None = None, persistence: tuple[str, ...] = ()) -> None:
         self.port = port or free_port()
         self.directory = directory
+        self.persistence = persistence
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -68,6 +75,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.directory),
+                *self.persistence,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -116,3 +124,52 @@ class PostgresDatabase:
     def drop(self) -> None:
         with self._admin() as connection:
             connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.name)))
+
+
+PG_BIN = Path(os.environ.get("PANIC_METRICS_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+class PrivateCluster:
+    """A PostgreSQL cluster of this test run only, for faults that stop or restart the server.
+
+    The machine's cluster is shared with other runs and must never be stopped;
+    this one lives in a temporary directory owned by the `postgres` user
+    (postgres refuses to run as root) on a free port, trusting local logins.
+    """
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        # Its own directory under /tmp: a test's tmp_path is private to root.
+        self.directory = Path(tempfile.mkdtemp(prefix="panic-metrics-pg-"))
+        self.data = self.directory / "data"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _as_postgres(self, *argv: str) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        done = subprocess.run([*prefix, *argv], capture_output=True, text=True, check=False)
+        if done.returncode:
+            raise RuntimeError(f"{argv[0]} failed ({done.returncode}): {done.stderr.strip()}")
+
+    def init(self) -> None:
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres", "postgres")
+        self._as_postgres(str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        log = str(self.directory / "postgres.log")
+        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", log, "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+    def destroy(self) -> None:
+        if self.running():
+            self.stop("immediate")
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -43,6 +43,7 @@ class Worker(LoggedProcess):
     """`celery worker` in a subprocess, with the environment a test gives it."""
 
     def __init__(self, env: Mapping[str, str], workdir: Path, *, concurrency: int = 2, extra: tuple[str, ...] = ()):
+        # No --pool: the app's worker_pool (prefork, workers/pool.py) is what `make run` gets too.
         self.port = free_port()
         self.hostname = f"test-{self.port}@localhost"
         self.workdir = workdir
@@ -55,8 +56,6 @@ class Worker(LoggedProcess):
             "-A",
             "workers.celery_app",
             "worker",
-            "--pool",
-            "prefork",
             "--concurrency",
             str(concurrency),
             "--queues",
@@ -72,6 +71,7 @@ class Worker(LoggedProcess):
             "METRICS_HOST": "127.0.0.1",
             "PROMETHEUS_MULTIPROC_DIR": str(self.multiproc_dir),
             "DEAD_LETTER_DIR": str(workdir / "dead_letter"),
+            "QUARANTINE_DIR": str(workdir / "quarantine"),
             **env,
         }
         super().__init__(argv, worker_env, workdir / f"worker-{self.port}.log")

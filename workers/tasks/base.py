@@ -8,12 +8,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 
 from app.config import get_settings
 from app.dead_letters import write_dead_letters
 from app.ingest import DatabaseUnavailable, IngestResult, ingest
 from app.metrics import definitions as m
+from app.quarantine import forget_delivery, quarantine, record_delivery
 
 # Event ids made by the worker derive from the task id, which a redelivered or
 # retried message keeps, so the same payload always gets the same id.
@@ -40,10 +42,49 @@ class EventTask(Task):  # type: ignore[type-arg]
     typing = False  # the payload model validates arguments, in the worker
 
     def ingest(self, payloads: Sequence[Any], *, kind: str | None) -> dict[str, int]:
-        """Run one message's payloads through app.ingest; the body of every event task."""
+        """Run one message's payloads through app.ingest; the body of every event task.
+
+        Deliveries are counted before the payloads run, so a message that kills
+        its child every time is quarantined after TASK_MAX_DELIVERIES instead
+        of looping for ever; one past the soft time limit is quarantined too.
+        """
+        payloads = with_event_ids(payloads, self.request.id or "direct")
+        if not self.request.id:  # called directly, not from a message: nothing to redeliver
+            return self._ingest(payloads, kind=kind)
+        delivery = f"{self.request.id}.{self.request.retries}"
+        deliveries = record_delivery(delivery)
+        try:
+            if deliveries > get_settings().task_max_deliveries:
+                return self._quarantine(payloads, kind=kind, reason="redelivery_cap", deliveries=deliveries)
+            return self._ingest(payloads, kind=kind)
+        except SoftTimeLimitExceeded:
+            return self._quarantine(payloads, kind=kind, reason="time_limit", deliveries=deliveries)
+        finally:
+            forget_delivery(delivery)
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:  # noqa: ARG002 - Celery's signature
+        """A failed message is acknowledged by Celery: keep its arguments in quarantine, with the reason."""
+        # Failures here are bugs (an error other than the database being
+        # unreachable) or a child killed at the hard time limit (Celery calls
+        # this in the main process then); either way the message is gone once
+        # this returns, so its events are set aside, never dropped.
+        reason = "hard_time_limit" if isinstance(exc, TimeLimitExceeded) else f"error:{type(exc).__name__}"
+        quarantine(
+            [{"task": self.name, "args": list(args or ()), "kwargs": dict(kwargs or {})}],
+            kind=None,
+            reason=reason,
+            task_id=task_id,
+        )
+        m.EVENTS_QUARANTINED.labels(kind="batch", reason=reason).inc()
+
+    def _quarantine(self, payloads: Sequence[Any], *, kind: str | None, reason: str, deliveries: int) -> dict[str, int]:
+        quarantine(payloads, kind=kind, reason=reason, task_id=self.request.id or "direct", deliveries=deliveries)
+        m.EVENTS_QUARANTINED.labels(kind=kind or "batch", reason=reason).inc(len(payloads))
+        return {"stored": 0, "duplicates": 0, "rejected": 0, "quarantined": len(payloads)}
+
+    def _ingest(self, payloads: Sequence[Any], *, kind: str | None) -> dict[str, int]:
         settings = get_settings()
         published_at = self._published_at()
-        payloads = with_event_ids(payloads, self.request.id or "direct")
         try:
             result: IngestResult = ingest(payloads, kind=kind, published_at=published_at)
         except DatabaseUnavailable as exc:
