@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import TypedDict
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import mark_process_dead
 
+from app.metrics.exact import ADDITIVE_PREFIXES, PARTIALS_SUFFIX, grow, partials_text, read_partials
 from app.metrics.guards import directory_lock, pid_alive, pids_are_ours
 
 #: Stands where a pid stands in an archive's file name. The stock collector
@@ -305,13 +307,44 @@ def compact(path: Path, *, is_alive: Callable[[int], bool] = pid_alive) -> Compa
         )
 
 
+def archive_name(prefix: str) -> str:
+    """The archive file of one file prefix, e.g. ``counter_archive.db``."""
+    return f"{prefix}_{ARCHIVE_ID}.db"
+
+
+def partials_name(prefix: str) -> str:
+    """The exact partials beside an additive archive (see ``app.metrics.exact``)."""
+    return f"{prefix}_{ARCHIVE_ID}{PARTIALS_SUFFIX}"
+
+
+def _merge_additive(path: Path, prefix: str, files: Iterable[Path]) -> tuple[dict[str, list[float]], dict[str, Entry]]:
+    """Exact partials of the archive plus ``files``, and the rounded archive the stock collector reads."""
+    final = path / archive_name(prefix)
+    partials = read_partials(path / partials_name(prefix))
+    if not partials and final.exists():
+        # An archive written before partials existed: its values are exact partials too.
+        partials = {key: [value] for key, value, _ts in read_entries(final)}
+    for file in files:
+        for key, value, _timestamp in read_entries(file):
+            grow(partials.setdefault(key, []), value)
+    rounded = {key: (math.fsum(values), 0.0) for key, values in partials.items()}
+    return partials, rounded
+
+
 def _merge(path: Path, sources: dict[str, list[Path]]) -> None:
     archives: list[tuple[str, str]] = []
     for prefix in sorted(sources):
-        final = path / f"{prefix}_{ARCHIVE_ID}.db"
-        inputs = ([final] if final.exists() else []) + sources[prefix]
+        final = path / archive_name(prefix)
         tmp = path / (final.name + TMP_SUFFIX)
-        _write_archive(tmp, _merge_entries(prefix, inputs))
+        if prefix in ADDITIVE_PREFIXES:
+            partials, entries = _merge_additive(path, prefix, sources[prefix])
+            partials_tmp = path / (partials_name(prefix) + TMP_SUFFIX)
+            partials_tmp.write_text(partials_text(partials), encoding="utf-8")
+            _fsync_path(partials_tmp)
+            archives.append((partials_tmp.name, partials_name(prefix)))
+        else:
+            entries = _merge_entries(prefix, ([final] if final.exists() else []) + sources[prefix])
+        _write_archive(tmp, entries)
         _checkpoint(f"archive_written:{prefix}")
         archives.append((tmp.name, final.name))
     _fsync_path(path)  # the journal must not name files a power cut can lose
