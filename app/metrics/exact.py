@@ -69,11 +69,10 @@ def grow(partials: list[float], x: float) -> None:
     splits ``x + y`` into its rounded sum and the exact rounding error.
     """
     i = 0
-    for y in partials:
-        if abs(x) < abs(y):
-            x, y = y, x
-        hi = x + y
-        lo = y - (hi - x)
+    for partial in partials:
+        big, small = (x, partial) if abs(x) >= abs(partial) else (partial, x)
+        hi = big + small
+        lo = small - (hi - big)
         if lo:
             partials[i] = lo
             i += 1
@@ -121,16 +120,16 @@ def add_archived(metrics: dict[str, Metric], prefix: str, partials: Mapping[str,
             metric._multiprocess_mode = "sum"  # type: ignore[attr-defined]  # as the stock reader tags gauges
             labels_key = (*labels_key, ("pid", "archive"))
         for value in values:
-            metric.add_sample(name, labels_key, value)
+            metric.add_sample(name, labels_key, value)  # type: ignore[arg-type]  # pairs, as the library's reader adds them
 
 
 def read_metrics(files: Sequence[str]) -> dict[str, Metric]:
     """Raw per-file samples of ``files``, read by the library's own reader."""
-    metrics: dict[str, Metric] = MultiProcessCollector._read_metrics(files)  # noqa: SLF001 - the library's parser, not a copy of it
+    metrics: dict[str, Metric] = MultiProcessCollector._read_metrics(files)
     return metrics
 
 
-def accumulate(metrics: Iterable[Metric]) -> list[Metric]:
+def accumulate(metrics: Iterable[Metric]) -> list[Metric]:  # noqa: PLR0912 - one branch per mode, as in the stock merge
     """The stock collector's merge, with every addition done by ``math.fsum``.
 
     Gauges keep their modes: min/max take the extreme, mostrecent the latest
@@ -156,7 +155,7 @@ def accumulate(metrics: Iterable[Metric]) -> list[Metric]:
                     old = chosen.get(series)
                     chosen[series] = (value, 0.0) if old is None else (_EXTREME_GAUGE_MODES[mode](old[0], value), 0.0)
                 elif mode in ("mostrecent", "livemostrecent"):
-                    timestamp = float(sample.timestamp or 0)  # type: ignore[arg-type]
+                    timestamp = float(sample.timestamp or 0)
                     old = chosen.get(series)
                     # Strictly later wins, and timestamp 0 (never set) never does, as in the stock merge.
                     if timestamp > (old[1] if old else 0.0):

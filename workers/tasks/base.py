@@ -43,9 +43,13 @@ class EventTask(Task):  # type: ignore[type-arg]
         """Run one message's payloads through app.ingest; the body of every event task."""
         settings = get_settings()
         published_at = self._published_at()
-        payloads = with_event_ids(payloads, self.request.id or "direct")
+        # A direct call (not through the broker) has no message id: each call
+        # is its own message, so it gets a fresh one, never a shared constant
+        # that would make every call after the first a duplicate.
+        message_id = str(uuid.uuid4()) if self.request.called_directly or not self.request.id else self.request.id
+        payloads = with_event_ids(payloads, message_id)
         try:
-            result: IngestResult = ingest(payloads, kind=kind, published_at=published_at)
+            result: IngestResult = ingest(payloads, kind=kind, published_at=published_at, message_id=message_id)
         except DatabaseUnavailable as exc:
             if self.request.retries >= settings.task_max_retries:
                 write_dead_letters(payloads, kind=kind, published_at=published_at)
