@@ -168,6 +168,14 @@ def attempt_committed(session: Session, token: uuid.UUID) -> bool:
     return bool(session.execute(stored).scalar()) or bool(session.execute(rejected).scalar())
 
 
+def resolve_attempt(token: uuid.UUID, _expected_rows: int) -> bool:
+    """`attempt_committed` on a session of its own: the resolver the compactor is given."""
+    from app.db.session import session_scope
+
+    with session_scope() as session:
+        return attempt_committed(session, token)
+
+
 def _lock_key(token: uuid.UUID) -> int:
     return int.from_bytes(token.bytes[:8], "big", signed=True)
 

@@ -26,8 +26,9 @@ from typing import TypedDict
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import mark_process_dead
 
+from app.metrics import pending
 from app.metrics.exact import ADDITIVE_PREFIXES, PARTIALS_SUFFIX, grow, partials_text, read_partials
-from app.metrics.guards import directory_lock, pid_alive, pids_are_ours
+from app.metrics.guards import directory_lock, leased_pids, release_dead_lease, try_dead_lease
 
 #: Stands where a pid stands in an archive's file name. The stock collector
 #: only uses that part of the name as the ``pid`` label of ``all`` gauges,
@@ -95,9 +96,13 @@ class CompactionReport:
     bytes_after: int
     #: True when an interrupted merge was finished or rolled back first.
     recovered: bool
-    #: True when nothing was merged because the directory belongs to workers
-    #: in another pid namespace, whose pids ``pid_alive`` cannot judge.
-    foreign_pid_namespace: bool = False
+    #: Pids with files here but no lease: no provable owner, never merged.
+    unproven_pids: tuple[int, ...] = ()
+    #: Dead pids left unmerged because their pending counts could not be
+    #: resolved yet (database unreachable, or no resolver given).
+    unresolved_pids: tuple[int, ...] = ()
+    #: Pending records of dead processes settled: (committed, rolled back).
+    resolved_records: tuple[int, int] = (0, 0)
 
 
 # ---------------------------------------------------------------- test seam
@@ -246,11 +251,19 @@ def recover_locked(path: Path) -> bool:
 
 
 # ----------------------------------------------------------------- compact
-def compact(path: Path, *, is_alive: Callable[[int], bool] = pid_alive) -> CompactionReport:
+def compact(
+    path: Path,
+    *,
+    is_alive: Callable[[int], bool] | None = None,
+    resolve: pending.Resolver | None = None,
+) -> CompactionReport:
     """Fold the files of dead processes into the archive; drop their live gauges.
 
-    Under the exclusive lock: finish any interrupted merge, find pids with
-    files here whose process is dead, remove their ``gauge_live*`` files
+    Under the exclusive lock: finish any interrupted merge, find the pids
+    proven dead (their lease taken, see ``app.metrics.guards``; or, for
+    tests, ``is_alive`` false), settle their pending counts (``resolve``
+    tells whether an attempt committed; a pid whose records cannot be
+    settled is left for a later pass), remove their ``gauge_live*`` files
     (``mark_process_dead``), then merge their counter, histogram, summary and
     ``sum``/``max``/``min``/``mostrecent`` gauge files into the archive:
     new archives are written to ``*.tmp`` files and fsynced, a journal naming
@@ -258,53 +271,107 @@ def compact(path: Path, *, is_alive: Callable[[int], bool] = pid_alive) -> Compa
     are renamed into place, the sources unlinked and the journal removed.
     A crash before the commit leaves sources and old archive untouched; a
     crash after it is finished by the next ``recover``/``compact``/scrape.
-
-    With the default ``is_alive``, a directory claimed by another pid
-    namespace (see ``app.metrics.guards``) is only recovered, never merged.
     """
     path = Path(path)
     with directory_lock(path, exclusive=True):
         recovered = recover_locked(path)
         before = db_files(path)
         bytes_before = _total_bytes(before)
-
-        foreign = is_alive is pid_alive and not pids_are_ours(path)
         parsed = [(f, parse_db_name(f.name)) for f in before]
-        pids = {int(p[1]) for _, p in parsed if p is not None and p[1].isdigit()}
-        dead = [] if foreign else sorted(pid for pid in pids if not is_alive(pid))
-        dead_ids = {str(pid) for pid in dead}
+        with_files = {int(p[1]) for _, p in parsed if p is not None and p[1].isdigit()}
+        pids = with_files | pending.pids_with_records(path) | leased_pids(path)
 
-        # Dropping live gauges of dead processes is mark_process_dead's job;
-        # it is idempotent, so it needs no journal.
-        removed = [f.name for f, p in parsed if p is not None and p[1] in dead_ids and p[0].startswith("gauge_live")]
-        for pid in dead:
-            mark_process_dead(pid, str(path))
-        if dead:
-            _checkpoint("live_gauges_dropped")
-
-        sources: dict[str, list[Path]] = {}
-        kept: list[str] = []
-        for f, p in parsed:
-            if p is None or p[1] not in dead_ids:
-                continue
-            if p[0] in MERGE_RULES:
-                sources.setdefault(p[0], []).append(f)
-            elif p[0] == "gauge_all":
-                kept.append(f.name)
-        if sources:
-            _merge(path, sources)
-            removed.extend(f.name for files in sources.values() for f in files)
-        removed_set = set(removed)
-        merged_pids = sorted({int(p[1]) for f, p in parsed if p is not None and f.name in removed_set})
+        held: dict[int, int] = {}
+        unproven: list[int] = []
+        dead: list[int] = []
+        unresolved: set[int] = set()
+        try:
+            if is_alive is not None:
+                dead = sorted(pid for pid in pids if not is_alive(pid))
+            else:
+                for pid in sorted(pids):
+                    fd = try_dead_lease(path, pid)
+                    if fd is not None:
+                        held[pid] = fd
+                    elif pid not in leased_pids(path):
+                        unproven.append(pid)
+                dead = sorted(held)
+            settled, unresolved = _settle_pending(path, dead, resolve)
+            dead = [pid for pid in dead if pid not in unresolved]
+            report = _merge_dead(path, parsed, dead)
+        finally:
+            for pid, fd in held.items():
+                release_dead_lease(path, pid, fd, remove=pid in dead)
         return CompactionReport(
-            merged_pids=tuple(merged_pids),
-            removed_files=tuple(sorted(removed)),
-            kept_files=tuple(kept),
+            merged_pids=report[0],
+            removed_files=report[1],
+            kept_files=report[2],
             bytes_before=bytes_before,
             bytes_after=_total_bytes(db_files(path)),
             recovered=recovered,
-            foreign_pid_namespace=foreign,
+            unproven_pids=tuple(unproven),
+            unresolved_pids=tuple(sorted(unresolved)),
+            resolved_records=settled,
         )
+
+
+def _settle_pending(path: Path, dead: list[int], resolve: pending.Resolver | None) -> tuple[tuple[int, int], set[int]]:
+    """Finish or drop the pending records of dead pids; the pids that must wait."""
+    committed = rolled_back = 0
+    unresolved: set[int] = set()
+    for pid in dead:
+        for part in path.glob(f"{pending.PREFIX}{pid}-*{pending.PART_SUFFIX}"):
+            part.unlink(missing_ok=True)  # never renamed into place: its attempt never reached COMMIT
+        for record_path in pending.records_of(path, pid):
+            record = pending.read(record_path)
+            if record.expected_rows and resolve is None:
+                unresolved.add(pid)
+                break
+            try:
+                # An attempt that inserted nothing new moved only duplicate
+                # counts, which stand whether or not it committed.
+                done = record.expected_rows == 0 or (
+                    resolve is not None and resolve(record.token, record.expected_rows)
+                )
+            except Exception:  # noqa: BLE001 - e.g. the database is down: merge this pid later, never before
+                unresolved.add(pid)
+                break
+            pending.finish_for_dead_process(record, committed=done)
+            _checkpoint(f"pending_settled:{record_path.name}")
+            if done:
+                committed += 1
+            else:
+                rolled_back += 1
+    return (committed, rolled_back), unresolved
+
+
+def _merge_dead(
+    path: Path, parsed: list[tuple[Path, tuple[str, str] | None]], dead: list[int]
+) -> tuple[tuple[int, ...], tuple[str, ...], tuple[str, ...]]:
+    dead_ids = {str(pid) for pid in dead}
+    # Dropping live gauges of dead processes is mark_process_dead's job;
+    # it is idempotent, so it needs no journal.
+    removed = [f.name for f, p in parsed if p is not None and p[1] in dead_ids and p[0].startswith("gauge_live")]
+    for pid in dead:
+        mark_process_dead(pid, str(path))
+    if dead:
+        _checkpoint("live_gauges_dropped")
+
+    sources: dict[str, list[Path]] = {}
+    kept: list[str] = []
+    for f, p in parsed:
+        if p is None or p[1] not in dead_ids:
+            continue
+        if p[0] in MERGE_RULES:
+            sources.setdefault(p[0], []).append(f)
+        elif p[0] == "gauge_all":
+            kept.append(f.name)
+    if sources:
+        _merge(path, sources)
+        removed.extend(f.name for files in sources.values() for f in files)
+    removed_set = set(removed)
+    merged_pids = sorted({int(p[1]) for f, p in parsed if p is not None and f.name in removed_set})
+    return tuple(merged_pids), tuple(sorted(removed)), tuple(kept)
 
 
 def archive_name(prefix: str) -> str:

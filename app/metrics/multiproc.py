@@ -31,7 +31,8 @@ from app.metrics.compaction import (
     recover_locked,
 )
 from app.metrics.exact import ADDITIVE_PREFIXES, PARTIALS_SUFFIX, accumulate, add_archived, read_metrics, read_partials
-from app.metrics.guards import claim_directory, directory_lock, pid_alive
+from app.metrics.guards import directory_lock, pid_alive
+from app.metrics.pending import PREFIX as PENDING_PREFIX
 
 __all__ = [
     "CompactionReport",
@@ -88,8 +89,8 @@ def wipe_directory(path: Path) -> None:
 
     Call it in the worker's main process before the pool starts and before
     any metric object exists in this process: a process keeps writing into
-    the mmap of a file unlinked under it, and those writes are lost. It
-    claims the directory for the workers' pid namespace.
+    the mmap of a file unlinked under it, and those writes are lost. Pending
+    records go with the files they describe; leases stay (their holders live).
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -97,9 +98,13 @@ def wipe_directory(path: Path) -> None:
         # Journal first: a crash mid-wipe must not leave a journal that
         # names archives or sources of a run we are throwing away.
         (path / JOURNAL_NAME).unlink(missing_ok=True)
-        for f in [*path.glob("*" + TMP_SUFFIX), *path.glob("*.db"), *path.glob("*" + PARTIALS_SUFFIX)]:
+        for f in [
+            *path.glob("*" + TMP_SUFFIX),
+            *path.glob("*.db"),
+            *path.glob("*" + PARTIALS_SUFFIX),
+            *path.glob(PENDING_PREFIX + "*"),
+        ]:
             f.unlink(missing_ok=True)
-        claim_directory(path)
 
 
 class DirectoryCollector(Collector):
