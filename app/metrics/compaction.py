@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -29,6 +30,8 @@ from prometheus_client.multiprocess import mark_process_dead
 from app.metrics import pending
 from app.metrics.exact import ADDITIVE_PREFIXES, PARTIALS_SUFFIX, grow, partials_text, read_partials
 from app.metrics.guards import directory_lock, leased_pids, release_dead_lease, try_dead_lease
+
+log = logging.getLogger(__name__)
 
 #: Stands where a pid stands in an archive's file name. The stock collector
 #: only uses that part of the name as the ``pid`` label of ``all`` gauges,
@@ -273,55 +276,66 @@ def compact(
     crash after it is finished by the next ``recover``/``compact``/scrape.
     """
     path = Path(path)
-    with directory_lock(path, exclusive=True):
-        recovered = recover_locked(path)
-        before = db_files(path)
-        bytes_before = _total_bytes(before)
-        parsed = [(f, parse_db_name(f.name)) for f in before]
-        with_files = {int(p[1]) for _, p in parsed if p is not None and p[1].isdigit()}
-        pids = with_files | pending.pids_with_records(path) | leased_pids(path)
-
-        held: dict[int, int] = {}
+    held: dict[int, int] = {}
+    merged: list[int] = []
+    try:
+        # Proving death and asking the database happen outside the directory
+        # lock, so a slow or unreachable database never stalls a scrape. The
+        # dead pids' leases stay held meanwhile, so no process that reuses
+        # one of their pids can write a file before the merge is done.
+        pids = _known_pids(path)
         unproven: list[int] = []
-        dead: list[int] = []
-        unresolved: set[int] = set()
-        try:
-            if is_alive is not None:
-                dead = sorted(pid for pid in pids if not is_alive(pid))
-            else:
-                for pid in sorted(pids):
-                    fd = try_dead_lease(path, pid)
-                    if fd is not None:
-                        held[pid] = fd
-                    elif pid not in leased_pids(path):
-                        unproven.append(pid)
-                dead = sorted(held)
-            settled, unresolved = _settle_pending(path, dead, resolve)
-            dead = [pid for pid in dead if pid not in unresolved]
-            report = _merge_dead(path, parsed, dead)
-        finally:
-            for pid, fd in held.items():
-                release_dead_lease(path, pid, fd, remove=pid in dead)
-        return CompactionReport(
-            merged_pids=report[0],
-            removed_files=report[1],
-            kept_files=report[2],
-            bytes_before=bytes_before,
-            bytes_after=_total_bytes(db_files(path)),
-            recovered=recovered,
-            unproven_pids=tuple(unproven),
-            unresolved_pids=tuple(sorted(unresolved)),
-            resolved_records=settled,
-        )
+        if is_alive is not None:
+            dead = sorted(pid for pid in pids if not is_alive(pid))
+        else:
+            leased = leased_pids(path)
+            for pid in sorted(pids):
+                fd = try_dead_lease(path, pid)
+                if fd is not None:
+                    held[pid] = fd
+                elif pid not in leased:
+                    unproven.append(pid)
+            dead = sorted(held)
+        decisions, unresolved = _decide_pending(path, dead, resolve)
+        dead = [pid for pid in dead if pid not in unresolved]
+        with directory_lock(path, exclusive=True):
+            recovered = recover_locked(path)
+            before = db_files(path)
+            bytes_before = _total_bytes(before)
+            settled = _settle_pending(decisions, dead)
+            merged_pids, removed, kept = _merge_dead(path, [(f, parse_db_name(f.name)) for f in before], dead)
+            merged = dead
+            bytes_after = _total_bytes(db_files(path))
+    finally:
+        for pid, fd in held.items():
+            release_dead_lease(path, pid, fd, remove=pid in merged)
+    return CompactionReport(
+        merged_pids=merged_pids,
+        removed_files=removed,
+        kept_files=kept,
+        bytes_before=bytes_before,
+        bytes_after=bytes_after,
+        recovered=recovered,
+        unproven_pids=tuple(unproven),
+        unresolved_pids=tuple(sorted(unresolved)),
+        resolved_records=settled,
+    )
 
 
-def _settle_pending(path: Path, dead: list[int], resolve: pending.Resolver | None) -> tuple[tuple[int, int], set[int]]:
-    """Finish or drop the pending records of dead pids; the pids that must wait."""
-    committed = rolled_back = 0
+def _known_pids(path: Path) -> set[int]:
+    """Pids with metric files, pending records or leases here."""
+    named = (parse_db_name(f.name) for f in db_files(path))
+    with_files = {int(p[1]) for p in named if p is not None and p[1].isdigit()}
+    return with_files | pending.pids_with_records(path) | leased_pids(path)
+
+
+def _decide_pending(
+    path: Path, dead: list[int], resolve: pending.Resolver | None
+) -> tuple[dict[Path, bool], set[int]]:
+    """Whether each pending record of the dead pids committed; the pids that must wait."""
+    decisions: dict[Path, bool] = {}
     unresolved: set[int] = set()
     for pid in dead:
-        for part in path.glob(f"{pending.PREFIX}{pid}-*{pending.PART_SUFFIX}"):
-            part.unlink(missing_ok=True)  # never renamed into place: its attempt never reached COMMIT
         for record_path in pending.records_of(path, pid):
             record = pending.read(record_path)
             if record.expected_rows and resolve is None:
@@ -330,19 +344,31 @@ def _settle_pending(path: Path, dead: list[int], resolve: pending.Resolver | Non
             try:
                 # An attempt that inserted nothing new moved only duplicate
                 # counts, which stand whether or not it committed.
-                done = record.expected_rows == 0 or (
+                decisions[record_path] = record.expected_rows == 0 or (
                     resolve is not None and resolve(record.token, record.expected_rows)
                 )
-            except Exception:  # noqa: BLE001 - e.g. the database is down: merge this pid later, never before
+            except Exception:  # e.g. the database is down: merge this pid later, never before
+                log.warning("cannot settle pending counts yet", exc_info=True, extra={"pid": pid})
                 unresolved.add(pid)
                 break
-            pending.finish_for_dead_process(record, committed=done)
-            _checkpoint(f"pending_settled:{record_path.name}")
-            if done:
-                committed += 1
-            else:
-                rolled_back += 1
-    return (committed, rolled_back), unresolved
+    return decisions, unresolved
+
+
+def _settle_pending(decisions: dict[Path, bool], dead: list[int]) -> tuple[int, int]:
+    """Under the lock: write committed targets into dead files, drop rolled-back records."""
+    dead_set = set(dead)
+    committed = rolled_back = 0
+    for record_path, done in sorted(decisions.items()):
+        record = pending.read(record_path)
+        if record.pid not in dead_set:
+            continue
+        for part in record_path.parent.glob(f"{pending.PREFIX}{record.pid}-*{pending.PART_SUFFIX}"):
+            part.unlink(missing_ok=True)  # never renamed into place: its attempt never reached COMMIT
+        pending.finish_for_dead_process(record, committed=done)
+        _checkpoint(f"pending_settled:{record_path.name}")
+        committed += done
+        rolled_back += not done
+    return committed, rolled_back
 
 
 def _merge_dead(

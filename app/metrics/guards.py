@@ -172,11 +172,15 @@ def try_dead_lease(path: Path, pid: int) -> int | None:
     caller holds the fd, a new process that reuses the pid waits in
     ``take_lease`` before it can write a file.
     """
-    return _open_locked(lease_path(path, pid), blocking=False, create=False)
+    fd = _open_locked(lease_path(path, pid), blocking=False, create=False)
+    if fd is not None:
+        _held_lock_fds.add(fd)  # a child forked meanwhile must not keep the dead lease locked
+    return fd
 
 
 def release_dead_lease(path: Path, pid: int, fd: int, *, remove: bool) -> None:
     """Let go of a dead process's lease, removing the file once its files are merged."""
     if remove:
         lease_path(path, pid).unlink(missing_ok=True)
+    _held_lock_fds.discard(fd)
     os.close(fd)
