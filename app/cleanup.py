@@ -28,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
 from app.aggregations.subscriptions import ENDING_ACTIONS
-from app.db.models import Base, DailyEventRollup, MetricEvent
+from app.db.models import Base, DailyEventRollup, MetricEvent, RejectedEvent
 from app.windows import as_utc
 
 SessionFactory = Callable[[], AbstractContextManager[Session]]
@@ -172,6 +172,13 @@ def purge_rows(
         report.batches.append(deleted)
         if deleted < batch_size:
             return report
+
+
+def purge_rejected(session_factory: SessionFactory, *, cutoff: datetime, batch_size: int) -> PurgeReport:
+    """Delete rejected payloads kept since before `cutoff` (the raw events' retention), in bounded batches."""
+    return purge_rows(
+        session_factory, model=RejectedEvent, where=RejectedEvent.rejected_at < cutoff, batch_size=batch_size
+    )
 
 
 def compact_metric_files(directory: Path) -> dict[str, int] | None:

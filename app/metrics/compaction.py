@@ -329,9 +329,7 @@ def _known_pids(path: Path) -> set[int]:
     return with_files | pending.pids_with_records(path) | leased_pids(path)
 
 
-def _decide_pending(
-    path: Path, dead: list[int], resolve: pending.Resolver | None
-) -> tuple[dict[Path, bool], set[int]]:
+def _decide_pending(path: Path, dead: list[int], resolve: pending.Resolver | None) -> tuple[dict[Path, bool], set[int]]:
     """Whether each pending record of the dead pids committed; the pids that must wait."""
     decisions: dict[Path, bool] = {}
     unresolved: set[int] = set()

@@ -104,9 +104,12 @@ def test_a_raising_counting_callback_loses_no_counts(
     report = compact(directory, resolve=resolve)
     assert report.unresolved_pids == ()
     registry = collect_registry(directory)
-    counted = Counter(
-        {kind: int(registry.get_sample_value("metrics_events_stored_total", {"kind": kind}) or 0) for kind in KINDS}
-    ) + Counter()
+    counted = (
+        Counter(
+            {kind: int(registry.get_sample_value("metrics_events_stored_total", {"kind": kind}) or 0) for kind in KINDS}
+        )
+        + Counter()
+    )
     assert counted == rows_by_kind(pg_engine, events) == expected
     assert not list(Path(directory).glob("pending-*"))
     # Nothing was retried: each message was acknowledged once, despite the failing callback.

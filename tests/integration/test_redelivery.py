@@ -97,9 +97,7 @@ def test_pool_child_killed_mid_batch_is_redelivered_stored_once_and_never_counte
         os.kill(pid, signal.SIGKILL)
     assert stored_in_zone(pg_engine, unique) < BATCHES * PER_BATCH, "the worker finished before it could be killed"
 
-    wait_until(
-        lambda: stored_in_zone(pg_engine, unique) == BATCHES * PER_BATCH, timeout=120, what="every event stored"
-    )
+    wait_until(lambda: stored_in_zone(pg_engine, unique) == BATCHES * PER_BATCH, timeout=120, what="every event stored")
     wait_until(
         lambda: total(worker.scrape(), "panic_requests_total", zone=unique) == BATCHES * PER_BATCH,
         timeout=60,
