@@ -14,8 +14,10 @@ from functools import singledispatch
 from sqlalchemy.orm import Session
 
 from app.events import (
+    EVENT_KINDS,
     AuthEvent,
     CreditTransactionEvent,
+    CreditTransactionType,
     Event,
     GaugeReportEvent,
     HttpRequestEvent,
@@ -139,6 +141,26 @@ def count_duplicate(tally: Tally, kind: str) -> None:
 def count_rejected(tally: Tally, invalid: InvalidEvent) -> None:
     """Tally a payload that failed validation, newly stored in rejected_events."""
     tally.inc(m.EVENTS_REJECTED.labels(kind=invalid.kind, reason=invalid.reason))
+
+
+def initialise_fixed_series() -> None:
+    """Create, at 0, every series whose label values are all from a closed set.
+
+    Called once in the process that serves the endpoint, so a scrape shows
+    them before their first event and `increase()` over that first event
+    reads 1, not 0. Series with a free-text label (zone, user type, plan,
+    ...) cannot be listed in advance and still appear on first use.
+    """
+    for kind in EVENT_KINDS:
+        m.EVENTS_STORED.labels(kind=kind)
+        m.EVENTS_DUPLICATE.labels(kind=kind)
+        m.EVENTS_DEAD_LETTERED.labels(kind=kind)
+    m.EVENTS_DEAD_LETTERED.labels(kind="batch")
+    for credit_type in CreditTransactionType:
+        m.CREDIT_TRANSACTIONS.labels(type=credit_type)
+        m.CREDITS.labels(type=credit_type)
+    for result in ("hit", "miss"):
+        m.CACHE_REQUESTS.labels(result=result)
 
 
 def now() -> datetime:

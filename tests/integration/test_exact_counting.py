@@ -7,6 +7,7 @@ for events whose id starts with a prefix the test chooses), never by timing.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -114,3 +115,30 @@ def test_a_raising_counting_callback_loses_no_counts(
     assert not list(Path(directory).glob("pending-*"))
     # Nothing was retried: each message was acknowledged once, despite the failing callback.
     assert sum(registry.get_sample_value("metrics_events_duplicate_total", {"kind": k}) or 0 for k in KINDS) == 0
+
+
+def test_direct_calls_each_store_and_count_their_own_event(pg_engine: Engine, unique: str) -> None:
+    """A task called in-process, twice with the same fields: two events, not one and a duplicate."""
+    directory = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    labels = {"service_type": "fire", "status": "requested", "zone": unique}
+    before = collect_registry(directory).get_sample_value("panic_requests_total", labels) or 0.0
+
+    first = tasks.record_panic_request_metrics(**labels)
+    second = tasks.record_panic_request_metrics(**labels)
+
+    assert first == second == {"stored": 1, "duplicates": 0, "rejected": 0}
+    with pg_engine.connect() as connection:
+        rows = connection.execute(select(func.count()).where(MetricEvent.zone == unique)).scalar_one()
+    assert rows == 2
+    assert (collect_registry(directory).get_sample_value("panic_requests_total", labels) or 0.0) - before == 2
+
+
+def test_series_with_fixed_labels_are_exposed_at_zero_before_any_event(start_worker: WorkerFactory) -> None:
+    """A fresh worker's first scrape already holds every closed-set series at 0."""
+    samples = start_worker().scrape()
+    for kind in KINDS:
+        for name in ("metrics_events_stored_total", "metrics_events_duplicate_total"):
+            assert samples[(name, frozenset({("kind", kind)}))] == 0.0, (name, kind)
+    for credit_type in ("purchase", "spend", "refund", "adjustment"):
+        assert samples[("credits_total", frozenset({("type", credit_type)}))] == 0.0
+    assert samples[("cache_requests_total", frozenset({("result", "hit")}))] == 0.0
