@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -124,9 +125,22 @@ def add_archived(metrics: dict[str, Metric], prefix: str, partials: Mapping[str,
 
 
 def read_metrics(files: Sequence[str]) -> dict[str, Metric]:
-    """Raw per-file samples of ``files``, read by the library's own reader."""
+    """Raw per-file samples of ``files``, read by the library's own reader.
+
+    A file a process is creating right now is empty until the library
+    truncates it to size; it holds no values yet, and the library's reader
+    would fail on it, so it is skipped (as are files gone since the glob).
+    """
+    files = [f for f in files if _has_header(f)]
     metrics: dict[str, Metric] = MultiProcessCollector._read_metrics(files)
     return metrics
+
+
+def _has_header(file: str) -> bool:
+    try:
+        return os.stat(file).st_size >= 8  # noqa: PTH116 - the library's reader takes str paths
+    except FileNotFoundError:
+        return False
 
 
 def accumulate(metrics: Iterable[Metric]) -> list[Metric]:  # noqa: PLR0912 - one branch per mode, as in the stock merge

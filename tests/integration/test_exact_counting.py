@@ -7,22 +7,27 @@ for events whose id starts with a prefix the test chooses), never by timing.
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import Engine, func, select
 
 from app.db.models import MetricEvent
 from app.ingest import KILL_AFTER_COMMIT_ENV, RAISE_IN_COUNT_ENV
+from app.metrics.guards import pid_namespace
 from app.metrics.multiproc import collect_registry, compact
 from app.store import attempt_committed
 from tests.integration.conftest import WorkerFactory
 from tests.support.payloads import KINDS, sample_payload
-from tests.support.services import wait_until
-from tests.support.worker import value
+from tests.support.processes import LoggedProcess
+from tests.support.services import free_port, wait_until
+from tests.support.worker import scrape, total, value
 from workers.tasks import events as tasks
 
 pytestmark = pytest.mark.integration
@@ -133,12 +138,98 @@ def test_direct_calls_each_store_and_count_their_own_event(pg_engine: Engine, un
     assert (collect_registry(directory).get_sample_value("panic_requests_total", labels) or 0.0) - before == 2
 
 
-def test_series_with_fixed_labels_are_exposed_at_zero_before_any_event(start_worker: WorkerFactory) -> None:
-    """A fresh worker's first scrape already holds every closed-set series at 0."""
-    samples = start_worker().scrape()
+def assert_fixed_series_at_zero(samples: dict[Any, float]) -> None:
+    """Every closed-set series is exposed, at 0, before any event."""
     for kind in KINDS:
         for name in ("metrics_events_stored_total", "metrics_events_duplicate_total"):
             assert samples[(name, frozenset({("kind", kind)}))] == 0.0, (name, kind)
     for credit_type in ("purchase", "spend", "refund", "adjustment"):
         assert samples[("credits_total", frozenset({("type", credit_type)}))] == 0.0
     assert samples[("cache_requests_total", frozenset({("result", "hit")}))] == 0.0
+
+
+def test_standalone_endpoint_in_another_pid_namespace_merges_only_proven_dead_writers(
+    start_worker: WorkerFactory, unique: str, tmp_path: Path
+) -> None:
+    """serve-metrics in its own pid namespace (unshare) beside workers in ours: exact counts, live files untouched.
+
+    From its namespace every worker pid looks absent; only the leases tell
+    it which writers are dead.
+    """
+    shared = tmp_path / "shared_multiproc"
+    shared.mkdir()
+    port = free_port()
+    env = {
+        "PROMETHEUS_MULTIPROC_DIR": str(shared),
+        "METRICS_PORT": str(port),
+        "MULTIPROC_COMPACT_INTERVAL_SECONDS": "0.5",
+    }
+    argv = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"]
+    endpoint = LoggedProcess([*argv, sys.executable, "-m", "app.cli", "serve-metrics"], env, tmp_path / "endpoint.log")
+    endpoint.start_process()
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        wait_until(lambda: _answers(url), timeout=60, what="standalone endpoint in its own pid namespace")
+        assert_fixed_series_at_zero(scrape(url))
+        worker = start_worker(
+            METRICS_ENABLED="false",
+            PROMETHEUS_MULTIPROC_DIR=str(shared),
+            WORKER_MAX_TASKS_PER_CHILD="3",
+            health_url=url,
+        )
+        for i in range(30):
+            tasks.record_events.delay(
+                [
+                    {"kind": "panic_request", "service_type": "fire", "status": "completed", "zone": unique},
+                    {
+                        "kind": "panic_request",
+                        "service_type": "fire",
+                        "status": "completed",
+                        "zone": unique,
+                        "response_time": 0.1 * (i + 1),
+                    },
+                ]
+            )
+        wait_until(
+            lambda: value(scrape(url), "metrics_multiproc_merged_processes_total") >= 3,
+            timeout=120,
+            what="dead children merged across pid namespaces",
+        )
+        wait_until(
+            lambda: total(scrape(url), "panic_requests_total", zone=unique) == 60,
+            timeout=120,
+            what="60 events counted through the endpoint in the other namespace",
+        )
+        # The live children still have their files: nothing of theirs was merged away under them.
+        # (A child finishing its last task may be exiting as it is listed: wait for a settled pool.)
+        wait_until(
+            lambda: all((shared / f"lease-{pid}.lock").exists() for pid in worker.children()),
+            timeout=30,
+            what="every live child holding its lease",
+        )
+        live = worker.children()
+        assert live
+        owners = {p.stem.rsplit("_", 1)[-1] for p in shared.glob("counter_*.db")}
+        assert owners <= {*map(str, live), "archive", *_endpoint_pids(shared)}
+        samples = scrape(url)
+        assert total(samples, "panic_requests_total", zone=unique) == 60
+        assert value(samples, "panic_request_response_time_seconds_count", service_type="fire", zone=unique) == 30
+    finally:
+        endpoint.stop()
+
+
+def _endpoint_pids(directory: Path) -> set[str]:
+    """Pids of lease holders in another pid namespace than ours (the endpoint's own, e.g. 1)."""
+    ours = pid_namespace()
+    return {
+        str(lease["pid"])
+        for path in directory.glob("lease-*.lock")
+        if (text := path.read_text()) and (lease := json.loads(text))["pid_namespace"] != ours
+    }
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
