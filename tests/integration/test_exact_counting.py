@@ -11,22 +11,27 @@ import json
 import os
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from app.db.models import MetricEvent
-from app.ingest import KILL_AFTER_COMMIT_ENV, RAISE_IN_COUNT_ENV
+from app.db.session import session_scope
+from app.ingest import KILL_AFTER_COMMIT_ENV, RAISE_IN_COUNT_ENV, DatabaseUnavailable, IngestResult, ingest
 from app.metrics.guards import pid_namespace
 from app.metrics.multiproc import collect_registry, compact
 from app.store import attempt_committed
 from tests.integration.conftest import WorkerFactory
 from tests.support.payloads import KINDS, sample_payload
+from tests.support.pgproxy import CommitDroppingProxy
 from tests.support.processes import LoggedProcess
-from tests.support.services import free_port, wait_until
+from tests.support.services import PostgresDatabase, free_port, wait_until
 from tests.support.worker import scrape, total, value
 from workers.tasks import events as tasks
 
@@ -233,3 +238,72 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+@pytest.fixture
+def commit_dropping_proxy(
+    pg_database: PostgresDatabase, pg_engine: Engine
+) -> Iterator[tuple[CommitDroppingProxy, Engine]]:
+    """A proxy in front of the test database, and an engine that goes through it."""
+    url = make_url(pg_database.url)
+    proxy = CommitDroppingProxy(url.host or "127.0.0.1", url.port or 5432).start()
+    through = url.set(host="127.0.0.1", port=proxy.port).update_query_dict(
+        {"sslmode": "disable", "gssencmode": "disable"}
+    )
+    engine = create_engine(through, poolclass=NullPool)
+    try:
+        yield proxy, engine
+    finally:
+        engine.dispose()
+        proxy.stop()
+
+
+def _local_counts(name: str) -> Counter[str]:
+    registry = collect_registry(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
+    return Counter({kind: int(registry.get_sample_value(name, {"kind": kind}) or 0) for kind in KINDS})
+
+
+def test_in_doubt_commit_that_succeeded_is_counted_once_not_retried(
+    commit_dropping_proxy: tuple[CommitDroppingProxy, Engine], pg_engine: Engine, unique: str
+) -> None:
+    """The connection drops after the server committed: ingest finds its token's rows, counts them, succeeds."""
+    proxy, engine = commit_dropping_proxy
+    events = marked_events(unique[1:9], 8)
+    expected = Counter(e["kind"] for e in events)
+    before = _local_counts("metrics_events_stored_total")
+
+    proxy.arm()
+    result = ingest(events, kind=None, message_id=unique, session_factory=lambda: session_scope(engine))
+
+    assert proxy.dropped.is_set(), "the COMMIT's answer was not dropped"
+    assert result == IngestResult(stored=8)
+    assert rows_by_kind(pg_engine, events) == expected
+    assert _local_counts("metrics_events_stored_total") - before == expected
+    assert not list(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob(f"pending-{os.getpid()}-*"))
+
+
+def test_in_doubt_commit_with_the_database_gone_is_counted_by_the_next_attempt(
+    commit_dropping_proxy: tuple[CommitDroppingProxy, Engine], pg_engine: Engine, unique: str
+) -> None:
+    """COMMIT in doubt, database unreachable: a retry, which first settles the record and then sees duplicates."""
+    proxy, engine = commit_dropping_proxy
+    events = marked_events(unique[1:9], 8)
+    expected = Counter(e["kind"] for e in events)
+    stored_before = _local_counts("metrics_events_stored_total")
+    duplicates_before = _local_counts("metrics_events_duplicate_total")
+    directory = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
+    proxy.arm(then_refuse=True)
+    with pytest.raises(DatabaseUnavailable):
+        ingest(events, kind=None, message_id=unique, session_factory=lambda: session_scope(engine))
+    assert rows_by_kind(pg_engine, events) == expected  # committed, but this process could not know
+    assert _local_counts("metrics_events_stored_total") == stored_before
+    assert len(list(directory.glob(f"pending-{os.getpid()}-*"))) == 1
+
+    proxy.refuse(False)
+    result = ingest(events, kind=None, message_id=unique, session_factory=lambda: session_scope(engine))
+
+    assert result == IngestResult(duplicates=8)
+    assert _local_counts("metrics_events_stored_total") - stored_before == expected
+    assert _local_counts("metrics_events_duplicate_total") - duplicates_before == expected
+    assert not list(directory.glob(f"pending-{os.getpid()}-*"))
