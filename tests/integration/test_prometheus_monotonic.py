@@ -95,7 +95,8 @@ def test_no_series_ever_decreases_under_a_real_prometheus(
             checked += 1
         assert checked > 100, f"only {checked} counter/histogram series scraped"
         merged = _query(base, 'max_over_time(metrics_multiproc_merged_processes_total{job="panic"}[10m])')
-        assert merged and float(merged[0]["value"][1]) >= 3, "children must have been merged while scraped"
+        assert merged
+        assert float(merged[0]["value"][1]) >= 3, "children must have been merged while scraped"
         stored = _query(base, 'sum(last_over_time(metrics_events_stored_total{job="panic"}[10m]))')
         assert float(stored[0]["value"][1]) == rows() == sent
         assert value(worker.scrape(), "metrics_multiproc_compaction_failures_total") == 0
