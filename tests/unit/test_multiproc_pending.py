@@ -10,7 +10,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import Counter, Histogram
 
+from app.metrics import pending
 from app.metrics.multiproc import collect_registry, compact
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,3 +97,33 @@ def test_dead_child_waits_unmerged_until_its_record_can_be_settled(tmp_path: Pat
     assert len(list(tmp_path.glob("pending-*"))) == 1
     assert compact(tmp_path, resolve=lambda _t, _n: True).resolved_records == (1, 0)
     assert credits(tmp_path) == (0.1 + 0.2) + 0.3
+
+
+amounts = st.lists(st.floats(min_value=0, max_value=1e9, allow_nan=False, allow_infinity=False), max_size=20)
+
+
+@settings(max_examples=100, deadline=None)
+@given(amounts, amounts)
+def test_targets_equal_what_the_increments_reach(counts: list[float], observations: list[float]) -> None:
+    """Setting each entry to its target gives bit for bit the values the increments themselves give."""
+    name = f"t{uuid.uuid4().hex[:12]}"
+    applied = Counter(f"{name}_a", "Applied.", registry=None)
+    planned = Counter(f"{name}_p", "Planned.", registry=None)
+    applied_h = Histogram(f"{name}_ah", "Applied.", buckets=(1.0, 1e6), registry=None)
+    planned_h = Histogram(f"{name}_ph", "Planned.", buckets=(1.0, 1e6), registry=None)
+    applied.inc(0.1)
+    planned.inc(0.1)
+    tally = pending.Tally()
+    for amount in counts:
+        applied.inc(amount)
+        tally.inc(planned, amount)
+    for amount in observations:
+        applied_h.observe(amount)
+        tally.observe(planned_h, amount)
+    targets = tally.targets()
+    pending.apply(targets)
+    pending.apply(targets)  # applying twice (a record finished again) is not counting twice
+
+    assert planned._value.get() == applied._value.get()
+    assert planned_h._sum.get() == applied_h._sum.get()
+    assert [b.get() for b in planned_h._buckets] == [b.get() for b in applied_h._buckets]
