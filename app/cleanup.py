@@ -28,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
 from app.aggregations.subscriptions import ENDING_ACTIONS
-from app.db.models import Base, DailyEventRollup, MetricEvent
+from app.db.models import Base, DailyEventRollup, MetricEvent, RejectedEvent
 from app.windows import as_utc
 
 SessionFactory = Callable[[], AbstractContextManager[Session]]
@@ -174,22 +174,31 @@ def purge_rows(
             return report
 
 
-def compact_metric_files(directory: Path) -> dict[str, int | bool] | None:
+def purge_rejected(session_factory: SessionFactory, *, cutoff: datetime, batch_size: int) -> PurgeReport:
+    """Delete rejected payloads kept since before `cutoff` (the raw events' retention), in bounded batches."""
+    return purge_rows(
+        session_factory, model=RejectedEvent, where=RejectedEvent.rejected_at < cutoff, batch_size=batch_size
+    )
+
+
+def compact_metric_files(directory: Path) -> dict[str, int] | None:
     """Fold this host's dead processes' metric files into the archive (app.metrics.multiproc.compact).
 
     A daily pass on top of the endpoint's housekeeper, which compacts every
-    few seconds; only the directory of the host that runs the cleanup, and
-    never one of another pid namespace (compact itself refuses).
+    few seconds; only processes proven dead by their lease are merged, and
+    only once their pending counts are settled (compact itself refuses).
     """
     from app.metrics.multiproc import compact
+    from app.store import resolve_attempt
 
     if not directory.is_dir():
         return None
-    report = compact(directory)
+    report = compact(directory, resolve=resolve_attempt)
     return {
         "merged_processes": len(report.merged_pids),
         "removed_files": len(report.removed_files),
         "bytes_before": report.bytes_before,
         "bytes_after": report.bytes_after,
-        "foreign_pid_namespace": report.foreign_pid_namespace,
+        "unproven_processes": len(report.unproven_pids),
+        "unresolved_processes": len(report.unresolved_pids),
     }

@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def _migrate(_: argparse.Namespace) -> int:
@@ -38,15 +39,50 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _replay_dead_letters(args: argparse.Namespace) -> int:
     from app.config import get_settings
-    from app.dead_letters import read_dead_letters
-    from app.ingest import ingest
+    from app.dead_letters import replay_dead_letters
+    from app.replay import broker_publisher
 
     directory = args.directory or get_settings().dead_letter_dir
-    for path, records in read_dead_letters(directory):
-        for record in records:
-            ingest([record["payload"]], kind=record["kind"])
-        path.unlink()
-        print(f"replayed {len(records)} events from {path}")
+    if not directory.is_dir():
+        print(f"no dead letters in {directory}")
+        return 0
+    with broker_publisher() as publish:
+        sent = replay_dead_letters(directory, publish)
+    print(f"published {sent} dead-lettered events to the broker")
+    return 0
+
+
+def _selection(args: argparse.Namespace) -> Any:
+    from app.rejected import Selection, parse_id
+
+    return Selection(ids=[parse_id(i) for i in args.id or ()], reason=args.reason, kind=args.kind)
+
+
+def _rejected_list(args: argparse.Namespace) -> int:
+    from app.db.session import session_scope
+    from app.rejected import list_rejected
+
+    with session_scope() as session:
+        for row in list_rejected(session, _selection(args), limit=args.limit):
+            print(
+                f"{row.message_id}:{row.position}\t{row.rejected_at.isoformat()}\t{row.kind}\t{row.reason}"
+                f"\t{row.detail}\t{row.payload}"
+            )
+    return 0
+
+
+def _rejected_replay(args: argparse.Namespace) -> int:
+    from app.db.session import session_scope
+    from app.rejected import replay_rejected
+    from app.replay import broker_publisher
+
+    selection = _selection(args)
+    if not (selection.ids or selection.reason or selection.kind or args.all):
+        print("choose what to replay: --id, --reason, --kind, or --all", file=sys.stderr)
+        return 2
+    with broker_publisher() as publish:
+        sent = replay_rejected(session_scope, publish, selection)
+    print(f"published {sent} rejected payloads to the broker as events")
     return 0
 
 
@@ -69,9 +105,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=None)
     demo.set_defaults(run=_demo)
 
-    replay = commands.add_parser("replay-dead-letters", help="store events set aside while the database was down")
+    replay = commands.add_parser(
+        "replay-dead-letters", help="publish events set aside while the database was down back to the broker"
+    )
     replay.add_argument("--directory", type=Path, default=None, help="default: DEAD_LETTER_DIR")
     replay.set_defaults(run=_replay_dead_letters)
+
+    rejected = commands.add_parser("rejected", help="payloads that failed validation, kept with their reason")
+    rejected_commands = rejected.add_subparsers(required=True)
+    for name, run, help_text in (
+        ("list", _rejected_list, "print rejected payloads, newest first (id, time, kind, reason, detail, payload)"),
+        ("replay", _rejected_replay, "publish rejected payloads again as events (after a fix); their rows go"),
+    ):
+        command = rejected_commands.add_parser(name, help=help_text)
+        command.add_argument("--id", action="append", help="message:position as listed (repeatable)")
+        command.add_argument("--reason", help="only this reason, e.g. extra_forbidden")
+        command.add_argument("--kind", help="only this kind, e.g. auth")
+        if name == "list":
+            command.add_argument("--limit", type=int, default=100)
+        else:
+            command.add_argument("--all", action="store_true", help="every rejected payload")
+        command.set_defaults(run=run)
 
     args = parser.parse_args(argv)
     try:

@@ -2,15 +2,27 @@
 
 Knows nothing of Celery: tasks call `ingest` and turn `DatabaseUnavailable`
 into a retry.
+
+Counting is exact by a pending record (app.metrics.pending): every attempt
+has a token written into the rows it inserts; before COMMIT the increments
+the batch will make are computed as target values and written down; after
+COMMIT they are applied and the record deleted. A record left behind (the
+process died, the COMMIT was in doubt, a callback failed) is finished or
+dropped by whoever can ask the database whether the token's rows are there:
+this process at its next attempt, or the compactor once the process is dead.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -18,9 +30,9 @@ from sqlalchemy.orm import Session
 
 from app.db.session import session_scope
 from app.events import Event, InvalidEvent, parse_any_event, parse_event
-from app.metrics import counting
+from app.metrics import counting, pending
 from app.metrics.labels import LabelCaps
-from app.store import insert_new, on_commit
+from app.store import attempt_committed, insert_new, insert_rejections, lock_attempt, on_commit
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +68,29 @@ def reset_label_caps() -> None:
     _caps = None
 
 
+Rejection = tuple[int, InvalidEvent, Any]  # (position in the message, why, the payload)
+
+#: Test seams, inert unless set: SIGKILL this process right after a COMMIT
+#: that stored an event whose id starts with the value; raise in the
+#: counting callback for such an event instead.
+KILL_AFTER_COMMIT_ENV = "PANIC_METRICS_TEST_KILL_AFTER_COMMIT"
+RAISE_IN_COUNT_ENV = "PANIC_METRICS_TEST_RAISE_IN_COUNT"
+
+
 def validate(payloads: Sequence[Any], *, kind: str | None) -> tuple[list[Event], list[InvalidEvent]]:
     """Split payloads into valid events and rejections; `kind=None` reads each payload's own kind."""
+    events, rejections = _validate(payloads, kind=kind)
+    return events, [invalid for _, invalid, _ in rejections]
+
+
+def _validate(payloads: Sequence[Any], *, kind: str | None) -> tuple[list[Event], list[Rejection]]:
     events: list[Event] = []
-    rejections: list[InvalidEvent] = []
-    for payload in payloads:
+    rejections: list[Rejection] = []
+    for position, payload in enumerate(payloads):
         try:
             events.append(parse_any_event(payload) if kind is None else parse_event(kind, payload))
         except InvalidEvent as invalid:
-            rejections.append(invalid)
+            rejections.append((position, invalid, payload))
     return events, rejections
 
 
@@ -78,34 +104,125 @@ def _unique(events: Sequence[Event]) -> tuple[list[Event], list[Event]]:
     return unique, repeated
 
 
-def store_and_count(session: Session, *, events: Sequence[Event], published_at: datetime | None) -> IngestResult:
-    """Store `events` in the session's transaction; count the new ones once it commits."""
+class Attempt:
+    """One try at storing one message: its token, its tally, its pending record."""
+
+    def __init__(self) -> None:
+        self.token = uuid.uuid4()
+        self.tally = pending.Tally()
+        self.targets: list[pending.Target] = []
+        self.record: Path | None = None
+        self.prepared = False
+        self.expected_rows = 0
+        self.new_event_ids: list[str] = []
+        #: True once the COMMIT is known to have happened (callbacks ran).
+        self.committed = False
+
+    def prepare(self) -> None:
+        """Compute the targets and write the record: the last step before COMMIT."""
+        self.targets = self.tally.targets()
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if self.targets and directory and pending.is_mmaped(self.targets):
+            self.record = pending.write(
+                Path(directory), token=self.token, expected_rows=self.expected_rows, targets=self.targets
+            )
+        self.prepared = True
+
+    def apply(self) -> None:
+        """Land every entry on its target, then drop the record (after COMMIT)."""
+        pending.apply(self.targets)
+        if self.record is not None:
+            self.record.unlink(missing_ok=True)
+        _unresolved.pop(self.token, None)
+
+    def after_commit(self) -> None:
+        """The counting callback: the COMMIT happened, count it (or leave it to be resolved)."""
+        self.committed = True
+        _unresolved[self.token] = self
+        prefix = os.environ.get(KILL_AFTER_COMMIT_ENV)
+        if prefix and any(event_id.startswith(prefix) for event_id in self.new_event_ids):
+            os.kill(os.getpid(), signal.SIGKILL)
+        prefix = os.environ.get(RAISE_IN_COUNT_ENV)
+        if prefix and any(event_id.startswith(prefix) for event_id in self.new_event_ids):
+            raise RuntimeError("counting callback failed (test hook)")
+        self.apply()
+
+
+#: Attempts of this process whose counts are not applied yet: a failed
+#: callback (committed) or a COMMIT in doubt (unknown). Resolved at the start
+#: of the next attempt, before any new target is computed from the entries.
+_unresolved: dict[uuid.UUID, Attempt] = {}
+
+
+def resolve_unresolved(session_factory: SessionFactory = session_scope) -> set[uuid.UUID]:
+    """Finish or drop this process's attempts left pending; `DatabaseUnavailable` if it cannot ask.
+
+    Returns the tokens of the attempts that committed (and are now counted).
+    """
+    counted = set()
+    for attempt in list(_unresolved.values()):
+        if not attempt.committed:
+            try:
+                with session_factory() as session:
+                    attempt.committed = attempt_committed(session, attempt.token)
+            except DBAPIError as exc:
+                raise DatabaseUnavailable(f"cannot resolve pending counts: {exc.orig or exc}") from exc
+        if attempt.committed:
+            attempt.apply()
+            counted.add(attempt.token)
+        else:
+            if attempt.record is not None:
+                attempt.record.unlink(missing_ok=True)
+            _unresolved.pop(attempt.token, None)
+    return counted
+
+
+def store_and_count(
+    session: Session,
+    *,
+    events: Sequence[Event],
+    published_at: datetime | None,
+    rejections: Sequence[Rejection] = (),
+    message_id: str | None = None,
+    attempt: Attempt | None = None,
+) -> IngestResult:
+    """Store `events` and keep `rejections` in the session's transaction; count what is new once it commits."""
+    attempt = attempt or Attempt()
+    lock_attempt(session, attempt.token)
     unique, repeated = _unique(events)
-    inserted = insert_new(session, unique, published_at=published_at) if unique else set()
+    inserted = insert_new(session, unique, published_at=published_at, stored_by=attempt.token) if unique else set()
     new = [e for e in unique if e.event_id in inserted]
     duplicates = [e for e in unique if e.event_id not in inserted] + repeated
+    kept = insert_rejections(session, rejections, message_id=message_id or str(uuid.uuid4()), stored_by=attempt.token)
     caps = _label_caps()
-    labelled = [(event, counting.capped_labels(session, caps, event)) for event in new]
-
-    def count() -> None:
-        stored_at = counting.now()
-        for event, labels in labelled:
-            counting.count_stored(event, labels, published_at=published_at, stored_at=stored_at)
-        for event in duplicates:
-            counting.count_duplicate(event.kind)
-            log.info("duplicate event", extra={"event_id": str(event.event_id), "kind": event.kind})
-
-    on_commit(session, count)
-    return IngestResult(stored=len(new), duplicates=len(duplicates))
-
-
-def reject(invalid: InvalidEvent) -> None:
-    """Log and count one rejected payload; it is never retried."""
-    log.warning(
-        "event rejected",
-        extra={"kind": invalid.kind, "reason": invalid.reason, "detail": invalid.detail, "event_id": invalid.event_id},
-    )
-    counting.count_rejected(invalid)
+    stored_at = counting.now()
+    for event in new:
+        counting.count_stored(
+            attempt.tally,
+            event,
+            counting.capped_labels(session, caps, event),
+            published_at=published_at,
+            stored_at=stored_at,
+        )
+    for event in duplicates:
+        counting.count_duplicate(attempt.tally, event.kind)
+        log.info("duplicate event", extra={"event_id": str(event.event_id), "kind": event.kind})
+    for position, invalid, _payload in rejections:
+        if position in kept:
+            counting.count_rejected(attempt.tally, invalid)
+            log.warning(
+                "event rejected",
+                extra={
+                    "kind": invalid.kind,
+                    "reason": invalid.reason,
+                    "detail": invalid.detail,
+                    "event_id": invalid.event_id,
+                },
+            )
+    attempt.expected_rows = len(new) + len(kept)
+    attempt.new_event_ids = [str(e.event_id) for e in new]
+    on_commit(session, attempt.after_commit)
+    return IngestResult(stored=len(new), duplicates=len(duplicates), rejected=len(rejections))
 
 
 def ingest(
@@ -113,25 +230,49 @@ def ingest(
     *,
     kind: str | None,
     published_at: datetime | None = None,
+    message_id: str | None = None,
     session_factory: SessionFactory = session_scope,
 ) -> IngestResult:
-    """Validate payloads, store the valid ones once, count what was new.
+    """Validate payloads, store the valid ones once and keep the rejected ones, count what was new.
 
-    Rejections are counted only after the valid events are safely stored, so a
-    retry after a database outage does not count them twice.
+    `message_id` keys the kept rejections (message, position), so a
+    redelivered message keeps and counts them once; without one, each call
+    is its own message. An in-doubt COMMIT is settled here: if the attempt's
+    rows are there it succeeded and is counted, not retried.
     """
-    events, rejections = validate(payloads, kind=kind)
-    result = IngestResult()
-    if events:
-        try:
-            with session_factory() as session:
-                result = store_and_count(session, events=events, published_at=published_at)
-        except DBAPIError as exc:
-            # Unreachable or dropped connections are worth a retry; any other
-            # database error is a bug, and retrying it would only repeat it.
-            if not (isinstance(exc, OperationalError) or exc.connection_invalidated):
-                raise
-            raise DatabaseUnavailable(str(exc.orig or exc)) from exc
-    for invalid in rejections:
-        reject(invalid)
-    return IngestResult(stored=result.stored, duplicates=result.duplicates, rejected=len(rejections))
+    resolve_unresolved(session_factory)
+    events, rejections = _validate(payloads, kind=kind)
+    if not events and not rejections:
+        return IngestResult()
+    attempt = Attempt()
+    try:
+        with session_factory() as session:
+            result = store_and_count(
+                session,
+                events=events,
+                published_at=published_at,
+                rejections=rejections,
+                message_id=message_id,
+                attempt=attempt,
+            )
+            attempt.prepare()  # the context manager COMMITs right after this
+    except DBAPIError as exc:
+        # Unreachable or dropped connections are worth a retry; any other
+        # database error is a bug, and retrying it would only repeat it.
+        retryable = isinstance(exc, OperationalError) or exc.connection_invalidated
+        if attempt.prepared and not attempt.committed:
+            # The error came from the COMMIT itself: it may have reached the
+            # server. Ask once, on a fresh connection; if that fails too, the
+            # next attempt (or the compactor) asks again.
+            _unresolved[attempt.token] = attempt
+            try:
+                counted = resolve_unresolved(session_factory)
+            except DatabaseUnavailable:
+                counted = set()
+            if attempt.token in counted:
+                log.warning("commit was in doubt and had succeeded", extra={"token": str(attempt.token)})
+                return result
+        if not retryable:
+            raise
+        raise DatabaseUnavailable(str(exc.orig or exc)) from exc
+    return result

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from app.aggregations.gauges import set_performance_gauges, set_subscription_gauges
 from app.aggregations.performance import PerformanceRow, SubjectType, aggregate_window, save_snapshots
 from app.aggregations.subscriptions import active_subscriptions_by_plan
-from app.cleanup import compact_metric_files, event_cutoff, purge_events, purge_rows
+from app.cleanup import compact_metric_files, event_cutoff, purge_events, purge_rejected, purge_rows
 from app.config import Settings, get_settings
 from app.db.models import DailyEventRollup, PerformanceSnapshot, ScheduledJobRun
 from app.db.session import get_engine, session_scope
@@ -263,6 +263,9 @@ def cleanup_old_metrics(
     claims = purge_rows(
         session_factory, model=ScheduledJobRun, where=ScheduledJobRun.window_start < claims_cutoff, batch_size=batch
     )
+    rejected = purge_rejected(
+        session_factory, cutoff=event_cutoff(now, settings.event_retention_days), batch_size=batch
+    )
     compaction = compact_metric_files(metrics_dir) if metrics_dir is not None else None
     with session_factory() as session:
         finish_window(session, job=job, window=window, now=now)
@@ -272,6 +275,7 @@ def cleanup_old_metrics(
         "snapshots_deleted": snapshots.deleted,
         "rollups_deleted": rollups.deleted,
         "claims_deleted": claims.deleted,
+        "rejected_deleted": rejected.deleted,
         "compaction": compaction,
     }
     return _reported(JobResult(job, done=(window,), detail=detail))

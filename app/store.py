@@ -6,38 +6,49 @@ stored before (a redelivery) and must not be counted again.
 
 from __future__ import annotations
 
+import json
+import logging
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, TextClause, text
+from sqlalchemy import Table, TextClause, exists, func, select, text
 from sqlalchemy import event as sa_event
-from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.orm import Session
 
-from app.db.models import MetricEvent
+from app.db.models import MetricEvent, RejectedEvent
 from app.events import (
     AuthEvent,
     CreditTransactionEvent,
     Event,
     GaugeReportEvent,
     HttpRequestEvent,
+    InvalidEvent,
     NotificationEvent,
     PanicRequestEvent,
     PrankDetectionEvent,
     SubscriptionEvent,
 )
 
+log = logging.getLogger(__name__)
+
 _TABLE = cast("Table", MetricEvent.__table__)
 _COLUMNS = tuple(column.key for column in _TABLE.columns if column.key != "stored_at")
 
 
-def event_row(event: Event, *, published_at: datetime | None) -> dict[str, Any]:
+def event_row(event: Event, *, published_at: datetime | None, stored_by: uuid.UUID | None = None) -> dict[str, Any]:
     """The `metric_events` row of one event, every column present."""
     row: dict[str, Any] = dict.fromkeys(_COLUMNS)
-    row.update(event_id=event.event_id, kind=event.kind, occurred_at=event.occurred_at, published_at=published_at)
+    row.update(
+        event_id=event.event_id,
+        kind=event.kind,
+        occurred_at=event.occurred_at,
+        published_at=published_at,
+        stored_by=stored_by,
+    )
     match event:
         case PanicRequestEvent():
             row.update(
@@ -85,9 +96,14 @@ def event_row(event: Event, *, published_at: datetime | None) -> dict[str, Any]:
     return row
 
 
-def insert_new(session: Session, events: Sequence[Event], *, published_at: datetime | None) -> set[uuid.UUID]:
-    """Insert `events` (unique event_ids) in one statement; return the ids that were not stored before."""
-    rows = [event_row(e, published_at=published_at) for e in events]
+def insert_new(
+    session: Session, events: Sequence[Event], *, published_at: datetime | None, stored_by: uuid.UUID | None = None
+) -> set[uuid.UUID]:
+    """Insert `events` (unique event_ids) in one statement; return the ids that were not stored before.
+
+    `stored_by` (the ingest attempt's token) is written into every new row.
+    """
+    rows = [event_row(e, published_at=published_at, stored_by=stored_by) for e in events]
     if session.get_bind().dialect.name == "postgresql":
         # One array per column: the statement text is the same for any batch
         # size, so psycopg prepares it once and skips re-parsing 3,000 placeholders.
@@ -110,6 +126,60 @@ def _pg_unnest_insert() -> TextClause:
 _PG_UNNEST_INSERT = _pg_unnest_insert()
 
 
+def insert_rejections(
+    session: Session, rejections: Sequence[tuple[int, InvalidEvent, Any]], *, message_id: str, stored_by: uuid.UUID
+) -> set[int]:
+    """Keep rejected payloads, keyed by (message, position); return the positions not kept before."""
+    if not rejections:
+        return set()
+    rows = [
+        {
+            "message_id": message_id,
+            "position": position,
+            "kind": invalid.kind[:32],
+            "reason": invalid.reason[:64],
+            "detail": invalid.detail,
+            "payload": json.dumps(payload, default=str),
+            "stored_by": stored_by,
+        }
+        for position, invalid, payload in rejections
+    ]
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    statement = insert(RejectedEvent).on_conflict_do_nothing().returning(RejectedEvent.position)
+    return set(session.connection().execute(statement, rows).scalars())
+
+
+def lock_attempt(session: Session, token: uuid.UUID) -> None:
+    """Tie `token` to this transaction: `attempt_committed` waits for it to end (PostgreSQL)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(_lock_key(token))))
+
+
+def attempt_committed(session: Session, token: uuid.UUID) -> bool:
+    """Whether the ingest attempt `token` committed: some row it inserted is there.
+
+    On PostgreSQL it first waits for the attempt's own transaction to end (an
+    advisory lock the attempt held), so a COMMIT still in flight from a dead
+    or cut-off client is never taken for a rollback.
+    """
+    lock_attempt(session, token)
+    stored = select(exists().where(MetricEvent.stored_by == token))
+    rejected = select(exists().where(RejectedEvent.stored_by == token))
+    return bool(session.execute(stored).scalar()) or bool(session.execute(rejected).scalar())
+
+
+def resolve_attempt(token: uuid.UUID, _expected_rows: int) -> bool:
+    """`attempt_committed` on a session of its own: the resolver the compactor is given."""
+    from app.db.session import session_scope
+
+    with session_scope() as session:
+        return attempt_committed(session, token)
+
+
+def _lock_key(token: uuid.UUID) -> int:
+    return int.from_bytes(token.bytes[:8], "big", signed=True)
+
+
 def on_commit(session: Session, callback: Callable[[], None]) -> None:
     """Run `callback` once the session's transaction commits; never if it rolls back."""
     session.info.setdefault("on_commit", []).append(callback)
@@ -117,8 +187,13 @@ def on_commit(session: Session, callback: Callable[[], None]) -> None:
 
 @sa_event.listens_for(Session, "after_commit")
 def _run_on_commit(session: Session) -> None:
+    # Every callback runs even if one fails: the transaction is committed and
+    # the message will be acknowledged, so skipping the rest would lose them.
     for callback in session.info.pop("on_commit", []):
-        callback()
+        try:
+            callback()
+        except Exception:
+            log.exception("after-commit callback failed", extra={"callback": getattr(callback, "__qualname__", "")})
 
 
 @sa_event.listens_for(Session, "after_rollback")

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Numeric,
     SmallInteger,
     String,
+    Text,
     Uuid,
     func,
     text,
@@ -53,6 +54,9 @@ class MetricEvent(Base):
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     stored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # The ingest attempt that inserted the row: the proof, for whoever resolves
+    # that attempt's pending counts (app.metrics.pending), that it committed.
+    stored_by: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
 
     # panic_request, prank_detection
     service_type: Mapped[str | None] = mapped_column(String(16))
@@ -110,6 +114,31 @@ class MetricEvent(Base):
             postgresql_where=text("kind = 'subscription'"),
             sqlite_where=text("kind = 'subscription'"),
         ),
+    )
+
+
+class RejectedEvent(Base):
+    """A payload that failed validation, kept with its reason so an operator can fix and replay it.
+
+    Keyed by the message that carried it and its position there, so a
+    redelivered message stores (and counts) its rejections once.
+    """
+
+    __tablename__ = "rejected_events"
+
+    message_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)  # JSON text, as received
+    rejected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    stored_by: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
+
+    # Retention scans by age; operators list by reason.
+    __table_args__ = (
+        Index("ix_rejected_events_rejected_at", "rejected_at"),
+        Index("ix_rejected_events_reason", "reason", "rejected_at"),
     )
 
 

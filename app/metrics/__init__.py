@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from app.config import get_settings
+from app.metrics.guards import take_lease  # no prometheus_client import there
 
 
 def _point_prometheus_client_at_the_directory() -> None:
@@ -18,6 +19,9 @@ def _point_prometheus_client_at_the_directory() -> None:
         "PROMETHEUS_MULTIPROC_DIR", str(get_settings().prometheus_multiproc_dir.resolve())
     )
     Path(directory).mkdir(parents=True, exist_ok=True)
+    # Before any metric file of this process exists: a compactor may merge a
+    # process's files only once it can take this lease (app.metrics.guards).
+    take_lease(Path(directory))
 
 
 _point_prometheus_client_at_the_directory()

@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -25,7 +27,11 @@ from typing import TypedDict
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import mark_process_dead
 
-from app.metrics.guards import directory_lock, pid_alive, pids_are_ours
+from app.metrics import pending
+from app.metrics.exact import ADDITIVE_PREFIXES, PARTIALS_SUFFIX, grow, partials_text, read_partials
+from app.metrics.guards import directory_lock, leased_pids, release_dead_lease, try_dead_lease
+
+log = logging.getLogger(__name__)
 
 #: Stands where a pid stands in an archive's file name. The stock collector
 #: only uses that part of the name as the ``pid`` label of ``all`` gauges,
@@ -93,9 +99,13 @@ class CompactionReport:
     bytes_after: int
     #: True when an interrupted merge was finished or rolled back first.
     recovered: bool
-    #: True when nothing was merged because the directory belongs to workers
-    #: in another pid namespace, whose pids ``pid_alive`` cannot judge.
-    foreign_pid_namespace: bool = False
+    #: Pids with files here but no lease: no provable owner, never merged.
+    unproven_pids: tuple[int, ...] = ()
+    #: Dead pids left unmerged because their pending counts could not be
+    #: resolved yet (database unreachable, or no resolver given).
+    unresolved_pids: tuple[int, ...] = ()
+    #: Pending records of dead processes settled: (committed, rolled back).
+    resolved_records: tuple[int, int] = (0, 0)
 
 
 # ---------------------------------------------------------------- test seam
@@ -244,11 +254,19 @@ def recover_locked(path: Path) -> bool:
 
 
 # ----------------------------------------------------------------- compact
-def compact(path: Path, *, is_alive: Callable[[int], bool] = pid_alive) -> CompactionReport:
+def compact(
+    path: Path,
+    *,
+    is_alive: Callable[[int], bool] | None = None,
+    resolve: pending.Resolver | None = None,
+) -> CompactionReport:
     """Fold the files of dead processes into the archive; drop their live gauges.
 
-    Under the exclusive lock: finish any interrupted merge, find pids with
-    files here whose process is dead, remove their ``gauge_live*`` files
+    Under the exclusive lock: finish any interrupted merge, find the pids
+    proven dead (their lease taken, see ``app.metrics.guards``; or, for
+    tests, ``is_alive`` false), settle their pending counts (``resolve``
+    tells whether an attempt committed; a pid whose records cannot be
+    settled is left for a later pass), remove their ``gauge_live*`` files
     (``mark_process_dead``), then merge their counter, histogram, summary and
     ``sum``/``max``/``min``/``mostrecent`` gauge files into the archive:
     new archives are written to ``*.tmp`` files and fsynced, a journal naming
@@ -256,62 +274,168 @@ def compact(path: Path, *, is_alive: Callable[[int], bool] = pid_alive) -> Compa
     are renamed into place, the sources unlinked and the journal removed.
     A crash before the commit leaves sources and old archive untouched; a
     crash after it is finished by the next ``recover``/``compact``/scrape.
-
-    With the default ``is_alive``, a directory claimed by another pid
-    namespace (see ``app.metrics.guards``) is only recovered, never merged.
     """
     path = Path(path)
-    with directory_lock(path, exclusive=True):
-        recovered = recover_locked(path)
-        before = db_files(path)
-        bytes_before = _total_bytes(before)
+    held: dict[int, int] = {}
+    merged: list[int] = []
+    try:
+        # Proving death and asking the database happen outside the directory
+        # lock, so a slow or unreachable database never stalls a scrape. The
+        # dead pids' leases stay held meanwhile, so no process that reuses
+        # one of their pids can write a file before the merge is done.
+        pids = _known_pids(path)
+        unproven: list[int] = []
+        if is_alive is not None:
+            dead = sorted(pid for pid in pids if not is_alive(pid))
+        else:
+            leased = leased_pids(path)
+            for pid in sorted(pids):
+                fd = try_dead_lease(path, pid)
+                if fd is not None:
+                    held[pid] = fd
+                elif pid not in leased:
+                    unproven.append(pid)
+            dead = sorted(held)
+        decisions, unresolved = _decide_pending(path, dead, resolve)
+        dead = [pid for pid in dead if pid not in unresolved]
+        with directory_lock(path, exclusive=True):
+            recovered = recover_locked(path)
+            before = db_files(path)
+            bytes_before = _total_bytes(before)
+            settled = _settle_pending(decisions, dead)
+            merged_pids, removed, kept = _merge_dead(path, [(f, parse_db_name(f.name)) for f in before], dead)
+            merged = dead
+            bytes_after = _total_bytes(db_files(path))
+    finally:
+        for pid, fd in held.items():
+            release_dead_lease(path, pid, fd, remove=pid in merged)
+    return CompactionReport(
+        merged_pids=merged_pids,
+        removed_files=removed,
+        kept_files=kept,
+        bytes_before=bytes_before,
+        bytes_after=bytes_after,
+        recovered=recovered,
+        unproven_pids=tuple(unproven),
+        unresolved_pids=tuple(sorted(unresolved)),
+        resolved_records=settled,
+    )
 
-        foreign = is_alive is pid_alive and not pids_are_ours(path)
-        parsed = [(f, parse_db_name(f.name)) for f in before]
-        pids = {int(p[1]) for _, p in parsed if p is not None and p[1].isdigit()}
-        dead = [] if foreign else sorted(pid for pid in pids if not is_alive(pid))
-        dead_ids = {str(pid) for pid in dead}
 
-        # Dropping live gauges of dead processes is mark_process_dead's job;
-        # it is idempotent, so it needs no journal.
-        removed = [f.name for f, p in parsed if p is not None and p[1] in dead_ids and p[0].startswith("gauge_live")]
-        for pid in dead:
-            mark_process_dead(pid, str(path))
-        if dead:
-            _checkpoint("live_gauges_dropped")
+def _known_pids(path: Path) -> set[int]:
+    """Pids with metric files, pending records or leases here."""
+    named = (parse_db_name(f.name) for f in db_files(path))
+    with_files = {int(p[1]) for p in named if p is not None and p[1].isdigit()}
+    return with_files | pending.pids_with_records(path) | leased_pids(path)
 
-        sources: dict[str, list[Path]] = {}
-        kept: list[str] = []
-        for f, p in parsed:
-            if p is None or p[1] not in dead_ids:
-                continue
-            if p[0] in MERGE_RULES:
-                sources.setdefault(p[0], []).append(f)
-            elif p[0] == "gauge_all":
-                kept.append(f.name)
-        if sources:
-            _merge(path, sources)
-            removed.extend(f.name for files in sources.values() for f in files)
-        removed_set = set(removed)
-        merged_pids = sorted({int(p[1]) for f, p in parsed if p is not None and f.name in removed_set})
-        return CompactionReport(
-            merged_pids=tuple(merged_pids),
-            removed_files=tuple(sorted(removed)),
-            kept_files=tuple(kept),
-            bytes_before=bytes_before,
-            bytes_after=_total_bytes(db_files(path)),
-            recovered=recovered,
-            foreign_pid_namespace=foreign,
-        )
+
+def _decide_pending(path: Path, dead: list[int], resolve: pending.Resolver | None) -> tuple[dict[Path, bool], set[int]]:
+    """Whether each pending record of the dead pids committed; the pids that must wait."""
+    decisions: dict[Path, bool] = {}
+    unresolved: set[int] = set()
+    for pid in dead:
+        for record_path in pending.records_of(path, pid):
+            record = pending.read(record_path)
+            if record.expected_rows and resolve is None:
+                unresolved.add(pid)
+                break
+            try:
+                # An attempt that inserted nothing new moved only duplicate
+                # counts, which stand whether or not it committed.
+                decisions[record_path] = record.expected_rows == 0 or (
+                    resolve is not None and resolve(record.token, record.expected_rows)
+                )
+            except Exception:  # e.g. the database is down: merge this pid later, never before
+                log.warning("cannot settle pending counts yet", exc_info=True, extra={"pid": pid})
+                unresolved.add(pid)
+                break
+    return decisions, unresolved
+
+
+def _settle_pending(decisions: dict[Path, bool], dead: list[int]) -> tuple[int, int]:
+    """Under the lock: write committed targets into dead files, drop rolled-back records."""
+    dead_set = set(dead)
+    committed = rolled_back = 0
+    for record_path, done in sorted(decisions.items()):
+        record = pending.read(record_path)
+        if record.pid not in dead_set:
+            continue
+        for part in record_path.parent.glob(f"{pending.PREFIX}{record.pid}-*{pending.PART_SUFFIX}"):
+            part.unlink(missing_ok=True)  # never renamed into place: its attempt never reached COMMIT
+        pending.finish_for_dead_process(record, committed=done)
+        _checkpoint(f"pending_settled:{record_path.name}")
+        committed += done
+        rolled_back += not done
+    return committed, rolled_back
+
+
+def _merge_dead(
+    path: Path, parsed: list[tuple[Path, tuple[str, str] | None]], dead: list[int]
+) -> tuple[tuple[int, ...], tuple[str, ...], tuple[str, ...]]:
+    dead_ids = {str(pid) for pid in dead}
+    # Dropping live gauges of dead processes is mark_process_dead's job;
+    # it is idempotent, so it needs no journal.
+    removed = [f.name for f, p in parsed if p is not None and p[1] in dead_ids and p[0].startswith("gauge_live")]
+    for pid in dead:
+        mark_process_dead(pid, str(path))
+    if dead:
+        _checkpoint("live_gauges_dropped")
+
+    sources: dict[str, list[Path]] = {}
+    kept: list[str] = []
+    for f, p in parsed:
+        if p is None or p[1] not in dead_ids:
+            continue
+        if p[0] in MERGE_RULES:
+            sources.setdefault(p[0], []).append(f)
+        elif p[0] == "gauge_all":
+            kept.append(f.name)
+    if sources:
+        _merge(path, sources)
+        removed.extend(f.name for files in sources.values() for f in files)
+    removed_set = set(removed)
+    merged_pids = sorted({int(p[1]) for f, p in parsed if p is not None and f.name in removed_set})
+    return tuple(merged_pids), tuple(sorted(removed)), tuple(kept)
+
+
+def archive_name(prefix: str) -> str:
+    """The archive file of one file prefix, e.g. ``counter_archive.db``."""
+    return f"{prefix}_{ARCHIVE_ID}.db"
+
+
+def partials_name(prefix: str) -> str:
+    """The exact partials beside an additive archive (see ``app.metrics.exact``)."""
+    return f"{prefix}_{ARCHIVE_ID}{PARTIALS_SUFFIX}"
+
+
+def _merge_additive(path: Path, prefix: str, files: Iterable[Path]) -> tuple[dict[str, list[float]], dict[str, Entry]]:
+    """Exact partials of the archive plus ``files``, and the rounded archive the stock collector reads."""
+    final = path / archive_name(prefix)
+    partials = read_partials(path / partials_name(prefix))
+    if not partials and final.exists():
+        # An archive written before partials existed: its values are exact partials too.
+        partials = {key: [value] for key, value, _ts in read_entries(final)}
+    for file in files:
+        for key, value, _timestamp in read_entries(file):
+            grow(partials.setdefault(key, []), value)
+    rounded = {key: (math.fsum(values), 0.0) for key, values in partials.items()}
+    return partials, rounded
 
 
 def _merge(path: Path, sources: dict[str, list[Path]]) -> None:
     archives: list[tuple[str, str]] = []
     for prefix in sorted(sources):
-        final = path / f"{prefix}_{ARCHIVE_ID}.db"
-        inputs = ([final] if final.exists() else []) + sources[prefix]
+        final = path / archive_name(prefix)
         tmp = path / (final.name + TMP_SUFFIX)
-        _write_archive(tmp, _merge_entries(prefix, inputs))
+        if prefix in ADDITIVE_PREFIXES:
+            partials, entries = _merge_additive(path, prefix, sources[prefix])
+            partials_tmp = path / (partials_name(prefix) + TMP_SUFFIX)
+            partials_tmp.write_text(partials_text(partials), encoding="utf-8")
+            _fsync_path(partials_tmp)
+            archives.append((partials_tmp.name, partials_name(prefix)))
+        else:
+            entries = _merge_entries(prefix, ([final] if final.exists() else []) + sources[prefix])
+        _write_archive(tmp, entries)
         _checkpoint(f"archive_written:{prefix}")
         archives.append((tmp.name, final.name))
     _fsync_path(path)  # the journal must not name files a power cut can lose

@@ -108,7 +108,7 @@ EVENTS_REJECTED = Counter(
 )
 EVENTS_DEAD_LETTERED = Counter(
     "metrics_events_dead_lettered_total",
-    "Events set aside after the retry budget ran out; replay them with `panic-metrics replay`.",
+    "Events set aside after the retry budget ran out; replay them with `panic-metrics replay-dead-letters`.",
     ["kind"],
 )
 EVENTS_QUARANTINED = Counter(

@@ -23,6 +23,7 @@ from app import __version__
 from app.broker import check_broker
 from app.config import get_settings
 from app.db.session import check_database
+from app.metrics import counting
 from app.metrics.housekeeping import Housekeeper, HousekeepingCollector, timed
 from app.metrics.multiproc import collect_registry, prepare_directory, writable
 
@@ -62,6 +63,7 @@ def scrape() -> bytes:
 
 def create_api() -> FastAPI:
     """The endpoint's ASGI app."""
+    counting.initialise_fixed_series()  # this process's files: scrapes show 0 before the first event
     api = FastAPI(title="panic-metrics", version=__version__)
 
     @api.get("/metrics", response_class=Response, summary="Prometheus metrics of every worker process")

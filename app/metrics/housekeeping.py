@@ -18,6 +18,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from app.metrics.multiproc import CompactionReport, compact, directory_stats, writable
+from app.store import resolve_attempt
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +36,13 @@ class Housekeeper:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="multiproc-housekeeper", daemon=True)
-        self._warned_foreign_namespace = False
+        self._warned_unproven: set[int] = set()
 
     def compact_now(self) -> CompactionReport | None:
         """Merge dead processes' files now; never raises (a failure is logged and counted)."""
         with self._lock:
             try:
-                report = compact(self.path)
+                report = compact(self.path, resolve=resolve_attempt)
             except Exception:
                 self.failures += 1
                 log.exception("multiprocess compaction failed", extra={"path": str(self.path)})
@@ -49,11 +50,18 @@ class Housekeeper:
             if report.merged_pids:
                 self.compactions += 1
                 self.merged_processes += len(report.merged_pids)
-            if report.foreign_pid_namespace and not self._warned_foreign_namespace:
-                self._warned_foreign_namespace = True
+            if new := set(report.unproven_pids) - self._warned_unproven:
+                # Files of a writer with no lease (an older version, a stray
+                # process): nobody can prove it dead, so they are never merged.
+                self._warned_unproven |= new
                 log.warning(
-                    "multiprocess directory belongs to another pid namespace; not compacting it here",
-                    extra={"path": str(self.path)},
+                    "metric files without a lease are never merged",
+                    extra={"path": str(self.path), "pids": sorted(new)},
+                )
+            if report.unresolved_pids:
+                log.warning(
+                    "dead processes wait for their pending counts to be settled (database unreachable?)",
+                    extra={"path": str(self.path), "pids": list(report.unresolved_pids)},
                 )
             return report
 

@@ -18,11 +18,21 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
-from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from app.metrics.compaction import JOURNAL_NAME, TMP_SUFFIX, CompactionReport, compact, db_files, recover_locked
-from app.metrics.guards import claim_directory, directory_lock, pid_alive
+from app.metrics.compaction import (
+    JOURNAL_NAME,
+    TMP_SUFFIX,
+    CompactionReport,
+    archive_name,
+    compact,
+    db_files,
+    partials_name,
+    recover_locked,
+)
+from app.metrics.exact import ADDITIVE_PREFIXES, PARTIALS_SUFFIX, accumulate, add_archived, read_metrics, read_partials
+from app.metrics.guards import directory_lock, pid_alive
+from app.metrics.pending import PREFIX as PENDING_PREFIX
 
 __all__ = [
     "CompactionReport",
@@ -79,8 +89,8 @@ def wipe_directory(path: Path) -> None:
 
     Call it in the worker's main process before the pool starts and before
     any metric object exists in this process: a process keeps writing into
-    the mmap of a file unlinked under it, and those writes are lost. It
-    claims the directory for the workers' pid namespace.
+    the mmap of a file unlinked under it, and those writes are lost. Pending
+    records go with the files they describe; leases stay (their holders live).
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -88,16 +98,23 @@ def wipe_directory(path: Path) -> None:
         # Journal first: a crash mid-wipe must not leave a journal that
         # names archives or sources of a run we are throwing away.
         (path / JOURNAL_NAME).unlink(missing_ok=True)
-        for f in [*path.glob("*" + TMP_SUFFIX), *path.glob("*.db")]:
+        for f in [
+            *path.glob("*" + TMP_SUFFIX),
+            *path.glob("*.db"),
+            *path.glob("*" + PARTIALS_SUFFIX),
+            *path.glob(PENDING_PREFIX + "*"),
+        ]:
             f.unlink(missing_ok=True)
-        claim_directory(path)
 
 
 class DirectoryCollector(Collector):
-    """The stock collector's merge, reading the directory under its shared lock.
+    """The stock collector's merge with exact sums, reading the directory under its shared lock.
 
-    The archive files are in the library's format, so the stock merge gives
-    the same samples it would give for the files before any compaction.
+    Additive series are read from the live files plus the archives' exact
+    partials and summed with ``math.fsum`` (see ``app.metrics.exact`` for
+    why that never lowers a value); the other gauge modes merge as the stock
+    collector merges them. The rounded ``*_archive.db`` files are there for
+    the stock collector only, and skipped here.
     """
 
     def __init__(self, path: Path, registry: CollectorRegistry | None = None) -> None:
@@ -108,8 +125,11 @@ class DirectoryCollector(Collector):
             registry.register(self)
 
     def _read(self) -> list[Metric]:
-        files = [str(f) for f in db_files(self._dir)]
-        return list(MultiProcessCollector.merge(files, accumulate=True))
+        skipped = {archive_name(prefix) for prefix in ADDITIVE_PREFIXES}
+        metrics = read_metrics([str(f) for f in db_files(self._dir) if f.name not in skipped])
+        for prefix in sorted(ADDITIVE_PREFIXES):
+            add_archived(metrics, prefix, read_partials(self._dir / partials_name(prefix)))
+        return accumulate(metrics.values())
 
     def collect(self) -> Iterable[Metric]:
         """Read every ``*.db`` file, archives included, as one consistent state."""

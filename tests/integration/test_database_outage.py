@@ -1,4 +1,4 @@
-"""Database outage: tasks retry with backoff, then dead-letter; a replay stores every event once."""
+"""Database outage: retries with backoff, then dead letters; a replay through the broker stores and counts each once."""
 
 from __future__ import annotations
 
@@ -41,6 +41,9 @@ def test_unreachable_database_retries_then_dead_letters_and_replay_stores_once(
     dead_letter_dir = worker.workdir / "dead_letter"
     assert sum(len(path.read_text().splitlines()) for path in dead_letter_dir.glob("*.jsonl")) == 7
 
+    # The database is back: the outage's worker goes, a healthy one takes the replayed messages.
+    worker.stop()
+    healthy = start_worker()
     replay_env = {**os.environ, "DATABASE_URL": pg_database.url, "DEAD_LETTER_DIR": str(dead_letter_dir)}
     for _ in range(2):  # a repeated replay (the first crashed, say) stores nothing twice
         for path in dead_letter_dir.glob("*.jsonl"):
@@ -48,8 +51,18 @@ def test_unreachable_database_retries_then_dead_letters_and_replay_stores_once(
         subprocess.run([sys.executable, "-m", "app.cli", "replay-dead-letters"], cwd=ROOT, env=replay_env, check=True)
         for path in dead_letter_dir.glob("*.copy"):
             path.rename(path.with_suffix(".jsonl"))
-    with pg_engine.connect() as connection:
-        count = connection.execute(
-            select(func.count()).select_from(MetricEvent).where(MetricEvent.zone == unique)
-        ).scalar_one()
-    assert count == 7
+
+    def stored() -> int:
+        with pg_engine.connect() as connection:
+            query = select(func.count()).select_from(MetricEvent).where(MetricEvent.zone == unique)
+            return int(connection.execute(query).scalar_one())
+
+    wait_until(lambda: stored() == 7, timeout=60, what="7 replayed events stored")
+    wait_until(
+        lambda: total(healthy.scrape(), "metrics_events_duplicate_total", kind="panic_request") == 7,
+        timeout=60,
+        what="the repeated replay seen as 7 duplicates",
+    )
+    samples = healthy.scrape()
+    assert total(samples, "panic_requests_total", zone=unique) == 7
+    assert stored() == 7

@@ -185,7 +185,10 @@ def leftovers(directory: Path, dead: Iterable[int]) -> list[str]:
 
 CHILD_SCRIPT = textwrap.dedent(
     """
-    import sys
+    import os, sys
+    from pathlib import Path
+    from app.metrics.guards import take_lease
+    take_lease(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))  # as importing app.metrics does
     from prometheus_client import Counter, Gauge, Histogram
     requests = Counter("panic_requests", "Panic requests.", ["service_type"])
     response = Histogram("panic_response_time_seconds", "Time to answer.", ["zone"],
@@ -205,7 +208,8 @@ CHILD_SCRIPT = textwrap.dedent(
 
 def run_real_children(directory: Path, count: int) -> list[int]:
     """Start real Python processes that write metrics there and exit; their pids."""
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory), "PYTHONPATH": root}
     pids = []
     for seed in range(count):
         proc = subprocess.Popen([sys.executable, "-c", CHILD_SCRIPT, str(seed)], env=env)

@@ -206,7 +206,8 @@ def test_cleanup_job_honours_every_retention_and_runs_once_a_day(db_session: Ses
         "removed_files": 0,
         "bytes_before": 0,
         "bytes_after": 0,
-        "foreign_pid_namespace": False,
+        "unproven_processes": 0,
+        "unresolved_processes": 0,
     }
     windows = db_session.execute(select(PerformanceSnapshot.window_start).where(PerformanceSnapshot.subject == zone))
     assert [as_utc(w) for (w,) in windows] == [NOW - timedelta(days=9)]

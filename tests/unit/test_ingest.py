@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -19,7 +20,7 @@ from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from app.db.models import MetricEvent
+from app.db.models import MetricEvent, RejectedEvent
 from app.db.session import session_scope
 from app.ingest import DatabaseUnavailable, IngestResult, ingest, reset_label_caps, validate
 from tests.support.db import committing_factory
@@ -141,10 +142,6 @@ def failing_after_insert(session: Session, error: BaseException) -> SessionFacto
     return factory
 
 
-def no_database() -> AbstractContextManager[Session]:
-    raise AssertionError("a message of malformed payloads only must not open a session")
-
-
 # --- malformed payloads among valid ones -------------------------------------------------------
 
 # 100 examples of 5 to 8 malformed payloads: at least 500 malformed payloads per kind and
@@ -223,15 +220,25 @@ def test_mixed_kinds_on_the_batch_path_store_only_valid_payloads(db_session: Ses
     check()
 
 
-def test_message_of_malformed_payloads_only_is_counted_without_a_database() -> None:
-    """A message with nothing valid is rejected and counted without opening a session."""
+def test_message_of_malformed_payloads_only_is_kept_and_counted_once_per_message(db_session: Session) -> None:
+    """Rejected payloads are stored with their reason, keyed by message and position: a redelivery counts nothing."""
+    factory = committing_factory(db_session)
     bad = [sample_payload("auth", **SURPLUS_FIELD), {"user_type": "guest"}, None]
+    message_id = f"msg-{uuid.uuid4()}"
     before = scrape()
-    assert ingest(bad, kind="auth", session_factory=no_database) == IngestResult(rejected=3)
+    assert ingest(bad, kind="auth", message_id=message_id, session_factory=factory) == IngestResult(rejected=3)
+    assert ingest(bad, kind="auth", message_id=message_id, session_factory=factory) == IngestResult(rejected=3)
     after = scrape()
     assert delta(before, after, "metrics_events_rejected_total", kind="auth", reason=SURPLUS_REASON) == 1
     assert delta(before, after, "metrics_events_rejected_total", kind="auth", reason="missing") == 1
     assert delta(before, after, "metrics_events_rejected_total", kind="auth", reason="model_type") == 1
+    kept = db_session.execute(
+        select(RejectedEvent.position, RejectedEvent.reason, RejectedEvent.payload)
+        .where(RejectedEvent.message_id == message_id)
+        .order_by(RejectedEvent.position)
+    ).all()
+    assert [(p, r) for p, r, _ in kept] == [(0, SURPLUS_REASON), (1, "missing"), (2, "model_type")]
+    assert json.loads(kept[1][2]) == {"user_type": "guest"}
 
 
 def test_worker_keeps_serving_after_malformed_payloads(db_session: Session, tag: str) -> None:

@@ -273,32 +273,55 @@ def test_wipe_directory_removes_metric_files_and_merge_leftovers(tmp_path: Path)
 
     wipe_directory(tmp_path)
 
-    assert sorted(f.name for f in tmp_path.iterdir()) == ["compaction.lock", "compaction.owner"]
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["compaction.lock"]
     assert collect_registry(tmp_path).get_sample_value("panic_requests_total", {"service_type": "fire"}) is None
 
 
-def test_directory_of_workers_in_another_pid_namespace_is_not_merged(tmp_path: Path) -> None:
-    """From another container, live workers' pids look dead: the default check merges nothing."""
+def test_files_without_a_lease_are_never_merged(tmp_path: Path) -> None:
+    """A dead writer that held no lease has no provable owner: its files stay."""
     pids = run_real_children(tmp_path, 2)
-    (tmp_path / "compaction.owner").write_text("pid:[1]")
+    for pid in pids:
+        (tmp_path / f"lease-{pid}.lock").unlink()
     before = sorted(f.name for f in tmp_path.glob("*.db"))
 
     report = compact(tmp_path)
 
-    assert report.foreign_pid_namespace
     assert report.merged_pids == ()
+    assert sorted(report.unproven_pids) == sorted(pids)
     assert sorted(f.name for f in tmp_path.glob("*.db")) == before
-    assert compact(tmp_path, is_alive=lambda pid: pid not in pids).merged_pids == tuple(sorted(pids))
 
 
-def test_worker_start_claims_the_directory_for_its_pid_namespace(tmp_path: Path) -> None:
-    """After wipe_directory, this process's liveness checks apply to the directory."""
-    (tmp_path / "compaction.owner").write_text("pid:[1]")
+def test_a_live_lease_holder_is_never_merged_and_its_lease_outlives_compaction(tmp_path: Path) -> None:
+    """A writer whose lease is held (alive, in any pid namespace) keeps its files; a dead one's lease goes."""
+    dead = run_real_children(tmp_path, 1)
+    alive = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from app.metrics.guards import take_lease;"
+            "take_lease(Path(sys.argv[1])); print('ready', flush=True); sys.stdin.read()",
+            str(tmp_path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    try:
+        assert alive.stdout is not None
+        assert alive.stdout.readline().strip() == "ready"
+        (tmp_path / f"counter_{alive.pid}.db").write_bytes((tmp_path / f"counter_{dead[0]}.db").read_bytes())
 
-    wipe_directory(tmp_path)
-    pids = run_real_children(tmp_path, 1)
+        report = compact(tmp_path)
 
-    assert compact(tmp_path).merged_pids == tuple(pids)
+        assert report.merged_pids == tuple(dead)
+        assert (tmp_path / f"counter_{alive.pid}.db").exists()
+        assert (tmp_path / f"lease-{alive.pid}.lock").exists()
+        assert not (tmp_path / f"lease-{dead[0]}.lock").exists()
+    finally:
+        alive.kill()
+        alive.communicate(timeout=60)  # reaps it and closes the pipes
+    assert compact(tmp_path).merged_pids == (alive.pid,)
 
 
 def test_prepare_directory_creates_a_missing_directory(tmp_path: Path) -> None:

@@ -48,15 +48,19 @@ class EventTask(Task):  # type: ignore[type-arg]
         its child every time is quarantined after TASK_MAX_DELIVERIES instead
         of looping for ever; one past the soft time limit is quarantined too.
         """
-        payloads = with_event_ids(payloads, self.request.id or "direct")
+        # A direct call (not through the broker) has no message id: each call
+        # is its own message, so it gets a fresh one, never a shared constant
+        # that would make every call after the first a duplicate.
+        message_id = str(uuid.uuid4()) if self.request.called_directly or not self.request.id else self.request.id
+        payloads = with_event_ids(payloads, message_id)
         if not self.request.id:  # called directly, not from a message: nothing to redeliver
-            return self._ingest(payloads, kind=kind)
+            return self._ingest(payloads, kind=kind, message_id=message_id)
         delivery = f"{self.request.id}.{self.request.retries}"
         deliveries = record_delivery(delivery)
         try:
             if deliveries > get_settings().task_max_deliveries:
                 return self._quarantine(payloads, kind=kind, reason="redelivery_cap", deliveries=deliveries)
-            return self._ingest(payloads, kind=kind)
+            return self._ingest(payloads, kind=kind, message_id=message_id)
         except SoftTimeLimitExceeded:
             return self._quarantine(payloads, kind=kind, reason="time_limit", deliveries=deliveries)
         finally:
@@ -82,11 +86,11 @@ class EventTask(Task):  # type: ignore[type-arg]
         m.EVENTS_QUARANTINED.labels(kind=kind or "batch", reason=reason).inc(len(payloads))
         return {"stored": 0, "duplicates": 0, "rejected": 0, "quarantined": len(payloads)}
 
-    def _ingest(self, payloads: Sequence[Any], *, kind: str | None) -> dict[str, int]:
+    def _ingest(self, payloads: Sequence[Any], *, kind: str | None, message_id: str) -> dict[str, int]:
         settings = get_settings()
         published_at = self._published_at()
         try:
-            result: IngestResult = ingest(payloads, kind=kind, published_at=published_at)
+            result: IngestResult = ingest(payloads, kind=kind, published_at=published_at, message_id=message_id)
         except DatabaseUnavailable as exc:
             if self.request.retries >= settings.task_max_retries:
                 write_dead_letters(payloads, kind=kind, published_at=published_at)
