@@ -85,7 +85,7 @@ def store_and_count(session: Session, *, events: Sequence[Event], published_at: 
     new = [e for e in unique if e.event_id in inserted]
     duplicates = [e for e in unique if e.event_id not in inserted] + repeated
     caps = _label_caps()
-    labelled = [(event, counting.capped_labels(session, caps, event)) for event in new]
+    labelled = list(zip(new, counting.capped_labels(session, caps, new), strict=True))
 
     def count() -> None:
         stored_at = counting.now()

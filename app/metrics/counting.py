@@ -6,7 +6,7 @@ for events that were new, so a counter's increase equals the rows inserted.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from functools import singledispatch
 
@@ -30,8 +30,14 @@ from app.metrics.labels import LabelCaps
 Labels = Mapping[str, str]
 
 
-def capped_labels(session: Session, caps: LabelCaps, event: Event) -> dict[str, str]:
-    """The free-text label values of `event`, each passed through its cap."""
+def capped_labels(session: Session, caps: LabelCaps, events: Sequence[Event]) -> list[dict[str, str]]:
+    """The free-text label values of each event, passed through their caps (new ones admitted in sorted order)."""
+    raw = [_raw_labels(event) for event in events]
+    capped = caps.cap_all(session, (item for labels in raw for item in labels.items()))
+    return [{dimension: capped[dimension, value] for dimension, value in labels.items()} for labels in raw]
+
+
+def _raw_labels(event: Event) -> dict[str, str]:
     match event:
         case PanicRequestEvent():
             raw = {"zone": event.zone}
@@ -49,7 +55,7 @@ def capped_labels(session: Session, caps: LabelCaps, event: Event) -> dict[str, 
             raw = {"source": event.source}
         case _:
             raw = {}
-    return {dimension: caps.cap(session, dimension, value) for dimension, value in raw.items()}
+    return raw
 
 
 def count_stored(event: Event, labels: Labels, *, published_at: datetime | None, stored_at: datetime) -> None:
