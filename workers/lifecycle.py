@@ -11,13 +11,21 @@ from celery import signals
 from app.config import get_settings
 from app.db.session import dispose_engines
 from app.metrics import definitions as m
-from app.metrics.endpoint import EndpointServer, housekeeper, multiproc_dir
+from app.metrics.endpoint import EndpointServer, housekeeper, multiproc_dir, refuse_unsafe_exposure
 from app.metrics.multiproc import wipe_directory
 
 log = logging.getLogger(__name__)
 
 _endpoint: EndpointServer | None = None
 _task_started: dict[str, float] = {}
+
+
+@signals.worker_init.connect
+def _refuse_public_endpoint_without_credentials(**_: Any) -> None:
+    # Before the pool starts, so a refused worker consumes nothing.
+    settings = get_settings()
+    if settings.metrics_enabled:
+        refuse_unsafe_exposure(settings, settings.metrics_host)
 
 
 @signals.worker_init.connect

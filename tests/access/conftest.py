@@ -1,0 +1,157 @@
+"""Access tests: a certificate authority and a server certificate made per run, a real endpoint process."""
+
+from __future__ import annotations
+
+import ssl
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.support.processes import LoggedProcess
+from tests.support.services import free_port, wait_until
+from tests.support.worker import embedded_environment
+
+
+@dataclass(frozen=True)
+class Tls:
+    """A test CA and a server certificate for 127.0.0.1 and localhost signed by it."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+    def client_context(self) -> ssl.SSLContext:
+        """What a client trusting only the test CA verifies with."""
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
+    """Generate the CA and the server certificate (EC P-256: fast to make)."""
+    directory = tmp_path_factory.mktemp("tls")
+    now = datetime.now(UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("panic-metrics test CA"))
+        .issuer_name(_name("panic-metrics test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(_name("127.0.0.1"))
+        .issuer_name(ca.subject)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(IPv4Address("127.0.0.1")), x509.DNSName("localhost")]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = Tls(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    files.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files.cert_file.write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    files.key_file.write_bytes(_pem(server_key))
+    return files
+
+
+class Endpoint(LoggedProcess):
+    """`panic-metrics serve-metrics` on a free port, on the embedded default, with the environment given."""
+
+    stop_timeout = 15.0
+
+    def __init__(self, env: Mapping[str, str], workdir: Path) -> None:
+        self.port = free_port()
+        base = {
+            "METRICS_HOST": "127.0.0.1",
+            "METRICS_PORT": str(self.port),
+            "PROMETHEUS_MULTIPROC_DIR": str(workdir / "prometheus_multiproc"),
+            **embedded_environment(workdir),
+        }
+        (workdir / "prometheus_multiproc").mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "app.cli", "serve-metrics"]
+        super().__init__(argv, {**base, **env}, workdir / f"endpoint-{self.port}.log")
+
+    def exited(self) -> int | None:
+        """The exit code once the process has ended, else None."""
+        return None if self.process is None else self.process.poll()
+
+    def wait_ready(self, base_url: str, verify: ssl.SSLContext | bool = True) -> None:
+        def answers() -> bool:
+            if self.exited() is not None:
+                raise RuntimeError(f"endpoint exited with {self.exited()}; log:\n{self.log()[-3000:]}")
+            try:
+                return httpx.get(f"{base_url}/health", verify=verify, timeout=5).status_code in {200, 503}
+            except httpx.HTTPError:
+                return False
+
+        wait_until(answers, timeout=60, what=f"the endpoint at {base_url} (log: {self.log_path})")
+
+
+EndpointFactory = Callable[[Mapping[str, str]], Endpoint]
+
+
+@pytest.fixture
+def start_endpoint(tmp_path: Path) -> Iterator[EndpointFactory]:
+    """Start `panic-metrics serve-metrics` processes (not waited for); all are stopped afterwards."""
+    started: list[Endpoint] = []
+
+    def start(env: Mapping[str, str]) -> Endpoint:
+        endpoint = Endpoint(env, tmp_path / f"endpoint{len(started)}")
+        started.append(endpoint)
+        endpoint.start_process()
+        return endpoint
+
+    yield start
+    for endpoint in started:
+        endpoint.stop()
