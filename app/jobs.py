@@ -82,7 +82,6 @@ def _now(now: datetime | None) -> datetime:
     return as_utc(now) if now is not None else datetime.now(UTC)
 
 
-
 def aggregate_performance(
     *,
     subject_type: SubjectType,

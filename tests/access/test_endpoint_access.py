@@ -16,7 +16,7 @@ from tests.support.services import free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "tok-9f3c2b7e-0d4a-4e51-b6c8-2a7d1e5f9c30"  # noqa: S105 - a test credential
+TOKEN = "tok-9f3c2b7e-0d4a-4e51-b6c8-2a7d1e5f9c30"
 USER, PASSWORD = "prometheus", "pw-5b1e8d2c-7a9f-4c36-8e0b-3d6f2a1c9e47"
 API = "/api/v1/metrics"
 
