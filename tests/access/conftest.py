@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
+import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -18,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.support.processes import LoggedProcess
-from tests.support.services import free_port, wait_until
+from tests.support.services import RedisServer, free_port, wait_until
 from tests.support.worker import embedded_environment
 
 
@@ -155,3 +158,42 @@ def start_endpoint(tmp_path: Path) -> Iterator[EndpointFactory]:
     yield start
     for endpoint in started:
         endpoint.stop()
+
+
+class AuthRedisServer(RedisServer):
+    """A redis-server that wants a password for its default user and has an ACL user of its own."""
+
+    def __init__(self, directory: Path, *, password: str, user: str, user_password: str) -> None:
+        super().__init__(directory)
+        self.password, self.user, self.user_password = password, user, user_password
+
+    def url_for(self, user: str, password: str, db: int = 0) -> str:
+        """A URL with credentials, password percent-encoded as a URL needs."""
+        return f"redis://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        acl = f"{self.user} on >{self.user_password} ~* &* +@all"
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        argv += ["--dir", str(self.directory), "--requirepass", self.password, "--user", *acl.split()]
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self._answers, timeout=10, what=f"redis-server on port {self.port}")
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))  # an answer, even if it wants a password
+        except OSError:
+            return False
+
+
+@pytest.fixture
+def auth_redis(tmp_path: Path) -> Iterator[AuthRedisServer]:
+    """A redis-server with `--requirepass` and an ACL user, stopped afterwards."""
+    server = AuthRedisServer(
+        tmp_path / "redis", password="default-Pw#4e1f", user="metrics", user_password="acl-Pw/9c2d@x"
+    )
+    server.start()
+    yield server
+    server.stop()

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine
 
@@ -46,6 +46,7 @@ def read_lines(capfd: pytest.CaptureFixture[str]) -> tuple[str, list[dict[str, o
     return err, [json.loads(line) for line in err.splitlines() if line.startswith("{")]
 
 
+@settings(deadline=None)
 @given(password=passwords, user=st.sampled_from(["", "metrics", "default"]))
 def test_a_url_password_never_survives_redaction(password: str, user: str) -> None:
     """Any password, written percent-encoded in a URL, is gone from the URL and from free text that repeats it."""

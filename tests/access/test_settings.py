@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
@@ -24,6 +25,10 @@ secrets_text = st.text(
 
 def settings(**changes: object) -> Settings:
     return Settings(_env_file=None, **changes)  # type: ignore[call-arg]
+
+
+# Validated once; the property tests copy it with their credentials (no re-validation per example).
+BASE = settings()
 
 
 def basic(user: str, password: str) -> str:
@@ -71,20 +76,23 @@ def test_a_bad_certificate_is_refused_at_start(tmp_path: Path) -> None:
     assert "METRICS_TLS_CERT_FILE" in problem
 
 
+@hypothesis_settings(deadline=None)
 @given(token=secrets_text, offered=secrets_text)
 def test_the_bearer_token_is_accepted_exactly(token: str, offered: str) -> None:
     """Any token: accepted when offered exactly, refused otherwise, never confused with basic credentials."""
-    configured = settings(metrics_auth_token=SecretStr(token))
+    configured = BASE.model_copy(update={"metrics_auth_token": SecretStr(token)})
     assert credentials_valid(configured, f"Bearer {token}")
     assert credentials_valid(configured, f"Bearer {offered}") is (offered == token)
     assert not credentials_valid(configured, basic("anyone", token))
     assert not credentials_valid(configured, None)
 
 
+@hypothesis_settings(deadline=None)
 @given(user=secrets_text.filter(lambda u: ":" not in u), password=secrets_text, offered=secrets_text)
 def test_basic_credentials_need_both_the_user_and_the_password(user: str, password: str, offered: str) -> None:
     """Any user and password: accepted together, refused with either one wrong, never as a bearer token."""
-    configured = settings(metrics_auth_username=user, metrics_auth_password=SecretStr(password))
+    update = {"metrics_auth_username": user, "metrics_auth_password": SecretStr(password)}
+    configured = BASE.model_copy(update=update)
     assert credentials_valid(configured, basic(user, password))
     assert credentials_valid(configured, basic(user, offered)) is (offered == password)
     assert credentials_valid(configured, basic(offered, password)) is (offered == user)
