@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     alertmanager_url: str | None = None
     # The Redis whose clients, memory and hit ratio are reported; default: the broker, if Redis.
     redis_url: str | None = None
+    # CA bundle (PEM) that signs the certificate of every rediss:// server (broker and
+    # REDIS_URL); unset: the system's. The certificate is always verified.
+    redis_tls_ca_file: Path | None = None
     # --- access to the endpoint (README "Access and security") ---
     # A bearer token, and/or a user and password (basic auth), for /metrics,
     # /health details, /docs and the JSON API. Unset on a loopback address:

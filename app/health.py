@@ -116,7 +116,13 @@ def database_connections(engine: Engine) -> dict[str, int] | None:
     return {"in_use": int(in_use), "idle": int(idle)}
 
 
-def _redis_client(url: str) -> redis.Redis[bytes]:
+def _redis_client(url: str, ca_file: Path | None = None) -> redis.Redis[bytes]:
+    # redis-py verifies a rediss:// server against the system's CAs; REDIS_TLS_CA_FILE names ours.
+    # (A plain redis:// connection refuses TLS arguments, even None.)
+    if ca_file is not None and url.startswith("rediss://"):
+        return redis.Redis.from_url(
+            url, socket_timeout=_TIMEOUT_SECONDS, socket_connect_timeout=_TIMEOUT_SECONDS, ssl_ca_certs=str(ca_file)
+        )
     return redis.Redis.from_url(url, socket_timeout=_TIMEOUT_SECONDS, socket_connect_timeout=_TIMEOUT_SECONDS)
 
 
@@ -129,10 +135,10 @@ def redis_address(url: str) -> str:
         return "unparseable"
 
 
-def redis_stats(url: str) -> RedisStats | None:
+def redis_stats(url: str, ca_file: Path | None = None) -> RedisStats | None:
     """Clients, memory and keyspace hit ratio of the Redis at `url`; None if unreachable."""
     try:
-        with _redis_client(url) as client:
+        with _redis_client(url, ca_file) as client:
             info: Mapping[str, Any] = client.info()
     except Exception as exc:  # noqa: BLE001 - any failure (refused, auth, bad URL) means unreachable
         _probe_failed("redis", exc)
@@ -155,9 +161,9 @@ def _published_age(raw: bytes | None, now: float) -> float | None:
     return max(0.0, now - float(stamp)) if isinstance(stamp, int | float) else None
 
 
-def _redis_queues(url: str, queues: tuple[str, ...], now: float) -> dict[str, QueueStats]:
+def _redis_queues(url: str, queues: tuple[str, ...], now: float, ca_file: Path | None) -> dict[str, QueueStats]:
     stats = {}
-    with _redis_client(url) as client:
+    with _redis_client(url, ca_file) as client:
         for queue in queues:
             keys = [queue, *(f"{queue}{_REDIS_PRIORITY_SEPARATOR}{p}" for p in _REDIS_PRIORITIES)]
             pipe = client.pipeline(transaction=False)
@@ -191,7 +197,7 @@ def queue_stats(settings: Settings, queues: tuple[str, ...]) -> dict[str, QueueS
     now = time.time()
     try:
         if settings.broker_url.startswith(("redis://", "rediss://")):
-            return _redis_queues(settings.broker_url, queues, now)
+            return _redis_queues(settings.broker_url, queues, now, settings.redis_tls_ca_file)
         if settings.broker_url.startswith("filesystem://"):
             return _filesystem_queues(Path(transport_options(settings)["data_folder_in"]), queues, now)
     except Exception as exc:  # noqa: BLE001 - any failure means the queues cannot be measured now
@@ -219,7 +225,7 @@ def collect_health(*, settings: Settings, engine: Engine, queues: tuple[str, ...
     if settings.alertmanager_url:
         dependencies["alertmanager"] = alertmanager_up(settings.alertmanager_url)
     redis_url = settings.redis_url or (settings.broker_url if settings.broker_url.startswith("redis") else None)
-    stats = redis_stats(redis_url) if redis_url else None
+    stats = redis_stats(redis_url, settings.redis_tls_ca_file) if redis_url else None
     if redis_url:
         dependencies["redis"] = stats is not None
     failed: list[str] = []

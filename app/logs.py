@@ -85,7 +85,13 @@ class RedactSecrets(logging.Filter):
         self.secrets = set(secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact(record.getMessage(), self.secrets)
+        # A filter that raised would break the logging call itself (Handler.emit
+        # catches formatting errors, filters run before it): never raise here.
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string must not take the caller down
+            message = f"{record.msg} {record.args!r}"
+        record.msg = redact(message, self.secrets)
         record.args = None
         if record.exc_info:
             # The formatter would render the traceback from exc_info; render it here, masked.

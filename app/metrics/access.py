@@ -85,7 +85,8 @@ def bearer_token_valid(settings: Settings, authorization: str | None) -> bool:
     scheme, _, offered = (authorization or "").partition(" ")
     if token is None or scheme.lower() != "bearer":
         return False
-    return _same(offered.strip(), token.get_secret_value())
+    # Only HTTP's own whitespace around the value: a token may end in any other character.
+    return _same(offered.strip(" \t"), token.get_secret_value())
 
 
 def _basic_valid(settings: Settings, authorization: str | None) -> bool:

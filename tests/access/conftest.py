@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import subprocess
@@ -161,27 +162,40 @@ def start_endpoint(tmp_path: Path) -> Iterator[EndpointFactory]:
 
 
 class AuthRedisServer(RedisServer):
-    """A redis-server that wants a password for its default user and has an ACL user of its own."""
+    """A redis-server that wants a password for its default user and has an ACL user of its own; TLS if given."""
 
-    def __init__(self, directory: Path, *, password: str, user: str, user_password: str) -> None:
+    def __init__(
+        self, directory: Path, *, password: str, user: str, user_password: str, tls: Tls | None = None
+    ) -> None:
         super().__init__(directory)
-        self.password, self.user, self.user_password = password, user, user_password
+        self.password, self.user, self.user_password, self.tls = password, user, user_password, tls
 
     def url_for(self, user: str, password: str, db: int = 0) -> str:
         """A URL with credentials, password percent-encoded as a URL needs."""
-        return f"redis://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{self.port}/{db}"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{self.port}/{db}"
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         acl = f"{self.user} on >{self.user_password} ~* &* +@all"
-        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        argv += ["--dir", str(self.directory), "--requirepass", self.password, "--user", *acl.split()]
+        argv = ["redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.directory)]
+        argv += ["--requirepass", self.password, "--user", *acl.split()]
+        if self.tls is None:
+            argv += ["--port", str(self.port)]
+        else:
+            argv += ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no"]
+            argv += ["--tls-cert-file", str(self.tls.cert_file), "--tls-key-file", str(self.tls.key_file)]
+            argv += ["--tls-ca-cert-file", str(self.tls.ca_file)]
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(self._answers, timeout=10, what=f"redis-server on port {self.port}")
 
     def _answers(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+            with contextlib.ExitStack() as stack:
+                sock = stack.enter_context(socket.create_connection(("127.0.0.1", self.port), timeout=0.5))
+                if self.tls is not None:
+                    context = self.tls.client_context()
+                    sock = stack.enter_context(context.wrap_socket(sock, server_hostname="127.0.0.1"))
                 sock.sendall(b"PING\r\n")
                 return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))  # an answer, even if it wants a password
         except OSError:
@@ -193,6 +207,17 @@ def auth_redis(tmp_path: Path) -> Iterator[AuthRedisServer]:
     """A redis-server with `--requirepass` and an ACL user, stopped afterwards."""
     server = AuthRedisServer(
         tmp_path / "redis", password="default-Pw#4e1f", user="metrics", user_password="acl-Pw/9c2d@x"
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path, tls: Tls) -> Iterator[AuthRedisServer]:
+    """The same, reached only over TLS with the test CA's server certificate."""
+    server = AuthRedisServer(
+        tmp_path / "redis-tls", password="tls-default-Pw%2b", user="metrics", user_password="tls-acl-Pw:71", tls=tls
     )
     server.start()
     yield server

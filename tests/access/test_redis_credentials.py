@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.engine import make_url
 
+from app.broker import check_broker
 from app.config import get_settings
 from app.db.models import MetricEvent
 from tests.access.conftest import AuthRedisServer, Tls
@@ -31,9 +32,9 @@ def workers() -> Iterator[list[Worker]]:
         worker.stop()
 
 
-def publish(broker_url: str, zone: str) -> None:
+def publish(broker_url: str, zone: str, **settings: object) -> None:
     """Send one panic request event through `broker_url`, as app code would."""
-    publisher = create_app(get_settings().model_copy(update={"broker_url": broker_url}))
+    publisher = create_app(get_settings().model_copy(update={"broker_url": broker_url, **settings}))
     try:
         payload = {"kind": "panic_request", "service_type": "medical", "status": "requested", "zone": zone}
         publisher.send_task("panic_metrics.events.record_events", args=[[payload]])
@@ -149,3 +150,33 @@ def test_failing_connections_with_passwords_in_their_urls_log_no_password(
         for secret in (database_password, wrong_broker_password, auth_redis.user_password):
             assert secret not in log
     assert database_password not in health.text
+
+
+def test_rediss_verifies_the_certificate_and_carries_events(
+    *,
+    tls_redis: AuthRedisServer,
+    pg_database: PostgresDatabase,
+    pg_engine: Engine,
+    workers: list[Worker],
+    tls: Tls,
+    tmp_path: Path,
+) -> None:
+    """`rediss://` with REDIS_TLS_CA_FILE: a worker consumes over TLS and reports Redis up.
+
+    Without the CA the same URL is refused (the server's certificate is
+    verified, where kombu alone would fall back to no verification at all).
+    """
+    broker = tls_redis.url_for(tls_redis.user, tls_redis.user_password)
+    untrusted = get_settings().model_copy(update={"broker_url": broker, "redis_tls_ca_file": None})
+    assert check_broker(untrusted)["ok"] is False
+    assert check_broker(untrusted.model_copy(update={"redis_tls_ca_file": tls.ca_file}))["ok"] is True
+
+    env = {"BROKER_URL": broker, "REDIS_TLS_CA_FILE": str(tls.ca_file), "DATABASE_URL": pg_database.url}
+    worker = Worker(env, tmp_path / "worker", concurrency=1)
+    workers.append(worker.start())
+    report = httpx.get(f"http://127.0.0.1:{worker.port}/api/v1/metrics/health", timeout=30)
+    assert report.json()["dependencies"] == {"broker": True, "database": True, "redis": True}
+    zone = f"tls-{uuid.uuid4().hex[:8]}"
+    publish(broker, zone, redis_tls_ca_file=tls.ca_file)
+    wait_until(lambda: stored(pg_engine, zone) == 1, timeout=60, what="the event sent over rediss://")
+    assert tls_redis.user_password not in worker.log()
