@@ -112,3 +112,13 @@ def test_the_health_check_and_the_start_up_log_show_no_password(capfd: pytest.Ca
     start = next(line for line in lines if line["message"] == "metrics endpoint starting")
     assert start["broker"] == f"redis://metrics:{MASK}@127.0.0.1:{dead}/0"
     assert result.detail["report"]["dependencies"] == {"broker": False, "database": False, "redis": False}
+
+
+@pytest.mark.usefixtures("restored_logging")
+def test_a_record_that_cannot_be_formatted_is_still_logged_masked(capfd: pytest.CaptureFixture[str]) -> None:
+    """A bad format string (one argument short) must not raise into the caller, and its arguments are masked."""
+    configure_logging("INFO", secrets={BROKER_PASSWORD})
+    logging.getLogger("tests.redaction").warning("%s then %s", f"redis://u:{BROKER_PASSWORD}@h/0")  # noqa: PLE1206 - the point
+    err, lines = read_lines(capfd)
+    assert BROKER_PASSWORD not in err
+    assert len(lines) == 1
