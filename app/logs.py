@@ -20,6 +20,8 @@ from urllib.parse import unquote, urlsplit
 
 from pythonjsonlogger.json import JsonFormatter
 
+from app.config import get_settings
+
 MASK = "***"
 # scheme://[user]:password@ — the password part, up to the last @ before the host.
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*:)(?P<secret>[^\s@/]+)(?P<tail>@)")
@@ -65,8 +67,6 @@ def redact_json(value: Any, secrets: Iterable[str] | None = None) -> Any:
 
 def configured_secrets() -> set[str]:
     """The secret values in the settings: URL passwords, the endpoint's token and password."""
-    from app.config import get_settings  # here, so logging can be set up before settings are read
-
     settings = get_settings()
     found: set[str] = set()
     for url in (settings.database_url, settings.broker_url, settings.redis_url, settings.alertmanager_url):
