@@ -6,7 +6,6 @@ are validated by FastAPI: a bad one gets a 422 whose `detail[].loc` names it.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -22,6 +21,8 @@ from app.config import Settings, get_settings
 from app.db.session import get_engine, session_scope
 from app.health import collect_health
 from app.jobs import refresh_health
+from app.logs import redact_json
+from app.metrics.access import bearer_token_valid
 from app.summaries import business_summary, performance_summary
 
 router = APIRouter(prefix="/api/v1/metrics", tags=["metrics API"])
@@ -60,7 +61,7 @@ def _error(status: int, error: str, detail: str) -> JSONResponse:
 def health(settings: SettingsDep, engine: EngineDep) -> JSONResponse:
     """What the health refresh would report now; 503 when a dependency is down."""
     report = collect_health(settings=settings, engine=engine)
-    return JSONResponse(report.as_dict(), status_code=200 if report.healthy else 503)
+    return JSONResponse(redact_json(report.as_dict()), status_code=200 if report.healthy else 503)
 
 
 @router.get("/business", summary="Panic requests, auth, subscriptions, credits and prank rate")
@@ -122,13 +123,17 @@ def prometheus() -> Response:
 def update_cache_metrics(
     settings: SettingsDep,
     engine: EngineDep,
-    authorization: Annotated[str | None, Header(description="Bearer METRICS_API_TOKEN, when one is set")] = None,
+    authorization: Annotated[str | None, Header(description="Bearer METRICS_AUTH_TOKEN: always required")] = None,
 ) -> Any:
-    """Refresh the health gauges at once (no once-per-window claim); needs the token when one is set."""
-    token = settings.metrics_api_token
-    if token is not None:
-        offered = (authorization or "").removeprefix("Bearer ").encode()
-        if not secrets.compare_digest(offered, token.get_secret_value().encode()):
-            return _error(401, "unauthorized", "send 'Authorization: Bearer <METRICS_API_TOKEN>'")
+    """Refresh the health gauges at once (no once-per-window claim); always needs the bearer token.
+
+    A write costs a round of probes on every dependency, so it is never open,
+    not even on loopback, and basic credentials (meant for readers such as
+    Prometheus) do not grant it.
+    """
+    if settings.metrics_auth_token is None:
+        return _error(403, "forbidden", "POST routes are disabled until METRICS_AUTH_TOKEN is set")
+    if not bearer_token_valid(settings, authorization):
+        return _error(401, "unauthorized", "send 'Authorization: Bearer <METRICS_AUTH_TOKEN>'")
     result = refresh_health(settings=settings, engine=engine, claim=False)
-    return result.as_dict()
+    return redact_json(result.as_dict())

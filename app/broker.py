@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,20 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def redis_ssl_options(settings: Settings) -> dict[str, Any] | None:
+    """TLS options for a rediss:// broker (Celery's `broker_use_ssl`): the server's certificate is always verified.
+
+    Given a rediss:// URL and no options, kombu connects with
+    `ssl_cert_reqs=CERT_NONE`: encrypted, but to whoever answers.
+    """
+    if not settings.broker_url.startswith("rediss://"):
+        return None
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if settings.redis_tls_ca_file is not None:
+        options["ssl_ca_certs"] = str(settings.redis_tls_ca_file)
+    return options
+
+
 def check_broker(settings: Settings | None = None) -> dict[str, Any]:
     """Whether the broker answers, and how fast; never raises."""
     settings = settings or get_settings()
@@ -54,7 +69,9 @@ def check_broker(settings: Settings | None = None) -> dict[str, Any]:
             return {"ok": False, "error": "broker folder not writable"}
         return {"ok": True, "latency_seconds": round(time.perf_counter() - started, 4)}
     try:
-        with Connection(settings.broker_url, transport_options=transport_options(settings)) as connection:
+        with Connection(
+            settings.broker_url, ssl=redis_ssl_options(settings) or False, transport_options=transport_options(settings)
+        ) as connection:
             connection.ensure_connection(max_retries=1, timeout=2)
     except Exception as exc:  # noqa: BLE001 - any failure means unreachable; the reason is reported
         return {"ok": False, "error": type(exc).__name__}

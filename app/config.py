@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -104,7 +104,24 @@ class Settings(BaseSettings):
     alertmanager_url: str | None = None
     # The Redis whose clients, memory and hit ratio are reported; default: the broker, if Redis.
     redis_url: str | None = None
-    # Bearer token for the endpoint's POST routes; unset: no token needed.
+    # CA bundle (PEM) that signs the certificate of every rediss:// server (broker and
+    # REDIS_URL); unset: the system's. The certificate is always verified.
+    redis_tls_ca_file: Path | None = None
+    # --- access to the endpoint (README "Access and security") ---
+    # A bearer token, and/or a user and password (basic auth), for /metrics,
+    # /health details, /docs and the JSON API. Unset on a loopback address:
+    # open (`make run`). A non-loopback METRICS_HOST without one is refused.
+    # The POST routes always need the token. `*_FILE`: read from a file (a
+    # Docker or Kubernetes secret), trailing newline stripped.
+    metrics_auth_token: SecretStr | None = None
+    metrics_auth_token_file: Path | None = None
+    metrics_auth_username: str | None = None
+    metrics_auth_password: SecretStr | None = None
+    metrics_auth_password_file: Path | None = None
+    # TLS for the endpoint: both or neither (PEM files, passed to uvicorn).
+    metrics_tls_cert_file: Path | None = None
+    metrics_tls_key_file: Path | None = None
+    # Renamed METRICS_AUTH_TOKEN; read only to stop with a clear message (see below).
     metrics_api_token: SecretStr | None = None
 
     log_level: str = "INFO"
@@ -156,6 +173,56 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("metrics_api_token")
+    @classmethod
+    def _renamed(cls, value: SecretStr | None) -> SecretStr | None:
+        # Not an alias: the new token also guards /metrics and the API, so a
+        # silent alias would turn a working Prometheus scrape into 401s.
+        if value is not None:
+            raise ValueError(
+                "renamed METRICS_AUTH_TOKEN, which now also guards /metrics, /health details and the API "
+                "(give Prometheus the token too)"
+            )
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, data: Any) -> Any:
+        # `X_FILE` fills `X` from a file, as the official Docker images do.
+        if not isinstance(data, dict):
+            return data
+        for name in ("metrics_auth_token", "metrics_auth_password"):
+            path = data.get(f"{name}_file")
+            if path is None:
+                continue
+            variable = f"{name.upper()}_FILE"
+            if data.get(name) is not None:
+                raise ValueError(f"{variable}: set {name.upper()} or {variable}, not both")
+            try:
+                secret = Path(path).read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"{variable}: cannot read {path}: {exc.strerror}") from exc
+            if not secret:
+                raise ValueError(f"{variable}: {path} is empty")
+            data = {**data, name: secret}
+        return data
+
+    @model_validator(mode="after")
+    def _complete_access_settings(self) -> Settings:
+        if (self.metrics_auth_username is None) != (self.metrics_auth_password is None):
+            raise ValueError("METRICS_AUTH_USERNAME and METRICS_AUTH_PASSWORD go together: set both or neither")
+        if (self.metrics_tls_cert_file is None) != (self.metrics_tls_key_file is None):
+            raise ValueError("METRICS_TLS_CERT_FILE and METRICS_TLS_KEY_FILE go together: set both or neither")
+        for secret in (self.metrics_auth_token, self.metrics_auth_password):
+            if secret is not None and not secret.get_secret_value():
+                raise ValueError("METRICS_AUTH_TOKEN and METRICS_AUTH_PASSWORD must not be empty")
+        return self
+
+    @property
+    def metrics_auth_configured(self) -> bool:
+        """Whether the endpoint asks for credentials (a token or a user and password)."""
+        return self.metrics_auth_token is not None or self.metrics_auth_password is not None
+
     @property
     def is_sqlite(self) -> bool:
         """True when the database is the embedded SQLite file."""
@@ -167,8 +234,10 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
+        # A field's error names its variable; a cross-field one names them in its message.
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']).upper() or 'settings'}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" if err["loc"] else err["msg"]
+            for err in exc.errors()
         )
         sys.exit(f"panic-metrics: invalid configuration: {problems}")
 

@@ -196,14 +196,8 @@ def store_and_count(
     kept = insert_rejections(session, rejections, message_id=message_id or str(uuid.uuid4()), stored_by=attempt.token)
     caps = _label_caps()
     stored_at = counting.now()
-    for event in new:
-        counting.count_stored(
-            attempt.tally,
-            event,
-            counting.capped_labels(session, caps, event),
-            published_at=published_at,
-            stored_at=stored_at,
-        )
+    for event, labels in zip(new, counting.capped_labels(session, caps, new), strict=True):
+        counting.count_stored(attempt.tally, event, labels, published_at=published_at, stored_at=stored_at)
     for event in duplicates:
         counting.count_duplicate(attempt.tally, event.kind)
         log.info("duplicate event", extra={"event_id": str(event.event_id), "kind": event.kind})

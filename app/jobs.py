@@ -33,7 +33,7 @@ from app.events import EVENT_KINDS
 from app.health import DEFAULT_QUEUES, collect_health, set_health_gauges
 from app.locks import claim_window, finish_window, finished_windows, newest_finished_window
 from app.metrics import definitions as m
-from app.windows import as_utc, recent_windows, window_start
+from app.windows import as_utc, recent_windows, scheduled_window, window_start
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ def aggregate_performance(
     settings = settings or get_settings()
     now = _now(now)
     job = f"aggregate_{subject_type}_performance"
+    owner = owner or default_owner()
     size = timedelta(seconds=settings.performance_window_seconds)
     newest_due: datetime | None = None  # the window whose figures the gauges show, if this run does it
     if window is not None:
@@ -131,13 +132,13 @@ def aggregate_performance(
                 job=job,
                 window=start,
                 now=now,
-                owner=owner or default_owner(),
+                owner=owner,
                 retake_finished=window is not None,
             )
             if claimed:
                 rows = aggregate_window(session, subject_type=subject_type, start=start, end=start + size)
                 save_snapshots(session, subject_type=subject_type, start=start, end=start + size, rows=rows)
-                finish_window(session, job=job, window=start, now=now)
+                finish_window(session, job=job, window=start, now=now, owner=owner)
                 # Only the run that did the newest window sets the gauges, so
                 # two runs splitting a backfill cannot leave an older one shown.
                 shown = newest_due if window is None else newest_finished_window(session, job=job)
@@ -157,20 +158,22 @@ def aggregate_performance(
 def refresh_subscriptions(
     *,
     now: datetime | None = None,
+    scheduled_at: datetime | None = None,
     settings: Settings | None = None,
     session_factory: SessionFactory = session_scope,
     owner: str = "",
 ) -> JobResult:
-    """Set the active subscriptions by plan, once per refresh interval."""
+    """Set the active subscriptions by plan, once per refresh interval (the window `scheduled_at` falls in)."""
     settings = settings or get_settings()
     now = _now(now)
     job = "refresh_subscription_metrics"
-    window = window_start(now, settings.subscription_refresh_interval_seconds)
+    owner = owner or default_owner()
+    window = scheduled_window(scheduled_at, now, settings.subscription_refresh_interval_seconds)
     with session_factory() as session:
-        claimed = claim_window(session, job=job, window=window, now=now, owner=owner or default_owner())
+        claimed = claim_window(session, job=job, window=window, now=now, owner=owner)
         if claimed:
             active = active_subscriptions_by_plan(session, now=now)
-            finish_window(session, job=job, window=window, now=now)
+            finish_window(session, job=job, window=window, now=now, owner=owner)
     if not claimed:
         return _reported(JobResult(job, skipped=(window,)))
     with session_factory() as session:
@@ -182,6 +185,7 @@ def refresh_health(
     *,
     queues: tuple[str, ...] = DEFAULT_QUEUES,
     now: datetime | None = None,
+    scheduled_at: datetime | None = None,
     settings: Settings | None = None,
     session_factory: SessionFactory = session_scope,
     engine: Engine | None = None,
@@ -197,12 +201,13 @@ def refresh_health(
     settings = settings or get_settings()
     now = _now(now)
     job = "refresh_health_metrics"
-    window = window_start(now, settings.health_refresh_interval_seconds)
+    owner = owner or default_owner()
+    window = scheduled_window(scheduled_at, now, settings.health_refresh_interval_seconds)
     if claim:
         try:
             with session_factory() as session:
-                claimed = claim_window(session, job=job, window=window, now=now, owner=owner or default_owner())
-                finish_window(session, job=job, window=window, now=now)
+                claimed = claim_window(session, job=job, window=window, now=now, owner=owner)
+                finish_window(session, job=job, window=window, now=now, owner=owner)
         except SQLAlchemyError:
             log.warning("health refresh runs unclaimed: the database is unreachable", extra={"job": job})
             claimed = True
@@ -216,6 +221,7 @@ def refresh_health(
 def cleanup_old_metrics(
     *,
     now: datetime | None = None,
+    scheduled_at: datetime | None = None,
     settings: Settings | None = None,
     session_factory: SessionFactory = session_scope,
     owner: str = "",
@@ -225,14 +231,15 @@ def cleanup_old_metrics(
     settings = settings or get_settings()
     now = _now(now)
     job = "cleanup_old_metrics"
-    window = window_start(now, settings.cleanup_interval_seconds)
+    owner = owner or default_owner()
+    window = scheduled_window(scheduled_at, now, settings.cleanup_interval_seconds)
     with session_factory() as session:
         claimed = claim_window(
             session,
             job=job,
             window=window,
             now=now,
-            owner=owner or default_owner(),
+            owner=owner,
             lease_seconds=settings.job_lease_seconds,
         )
     if not claimed:
@@ -268,7 +275,10 @@ def cleanup_old_metrics(
     )
     compaction = compact_metric_files(metrics_dir) if metrics_dir is not None else None
     with session_factory() as session:
-        finish_window(session, job=job, window=window, now=now)
+        finished = finish_window(session, job=job, window=window, now=now, owner=owner)
+    if not finished:
+        # Presumed dead past JOB_LEASE_SECONDS, another run took the window over: it marks it done.
+        log.warning("cleanup window taken over by another run", extra={"job": job, "window": window.isoformat()})
     detail = {
         "events_rolled_up": events.deleted,
         "event_batches": len(events.batches),
@@ -277,5 +287,6 @@ def cleanup_old_metrics(
         "claims_deleted": claims.deleted,
         "rejected_deleted": rejected.deleted,
         "compaction": compaction,
+        "claim_lost": not finished,
     }
     return _reported(JobResult(job, done=(window,), detail=detail))

@@ -13,7 +13,9 @@ Two ways to hold a claim:
   sees the row and skips; if the work fails, the rollback frees the window;
 - committed first, with a lease (cleanup, whose work spans many
   transactions): a run that dies leaves an unfinished row that another run
-  may take over once it is older than the lease.
+  may take over once it is older than the lease. Finishing checks the
+  owner, so a run presumed dead that finishes after all cannot mark done a
+  window another run has taken over and is still working on.
 """
 
 from __future__ import annotations
@@ -73,13 +75,18 @@ def claim_window(
     return bool(taken.rowcount)  # type: ignore[attr-defined]
 
 
-def finish_window(session: Session, *, job: str, window: datetime, now: datetime) -> None:
-    """Mark `job`'s `window` done."""
-    session.execute(
+def finish_window(session: Session, *, job: str, window: datetime, now: datetime, owner: str) -> bool:
+    """Mark `job`'s `window` done if `owner` still holds its claim; False if another run took it over."""
+    finished = session.execute(
         update(ScheduledJobRun)
-        .where(ScheduledJobRun.job == job, ScheduledJobRun.window_start == window)
+        .where(
+            ScheduledJobRun.job == job,
+            ScheduledJobRun.window_start == window,
+            ScheduledJobRun.owner == owner[:200],
+        )
         .values(finished_at=now)
     )
+    return bool(finished.rowcount)  # type: ignore[attr-defined]
 
 
 def finished_windows(session: Session, *, job: str, since: datetime) -> set[datetime]:

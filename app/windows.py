@@ -20,6 +20,23 @@ def window_start(moment: datetime, seconds: int) -> datetime:
     return datetime.fromtimestamp(stamp - stamp % seconds, UTC)
 
 
+def scheduled_window(scheduled_at: datetime | None, now: datetime, seconds: int) -> datetime:
+    """The window a run belongs to: the one its schedule fired it for, not the one it happens to run in.
+
+    A run the beat sent at 12:00:59.9 that a worker starts at 12:01:00.2
+    belongs to 12:00; keyed on its start it would take 12:01's place, and
+    the run sent for 12:01 would find that window done and skip.
+    Without a scheduled time (a direct call), the window of `now`.
+    """
+    return window_start(scheduled_at if scheduled_at is not None else now, seconds)
+
+
+def next_window_start(moment: datetime, seconds: int, offset_seconds: float = 0) -> datetime:
+    """The start of the window after the one holding `moment`, plus `offset_seconds`: a schedule's next due time."""
+    offset = timedelta(seconds=offset_seconds)
+    return window_start(as_utc(moment) - offset, seconds) + timedelta(seconds=seconds) + offset
+
+
 def parse_window_start(value: str, seconds: int) -> datetime:
     """An operator's `window_start` ("2026-11-24T12:00:00Z"; naive means UTC), aligned down."""
     return window_start(datetime.fromisoformat(value), seconds)

@@ -8,7 +8,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Exchange, Queue
 
-from app.broker import transport_options, use_robust_redis_transport
+from app.broker import redis_ssl_options, transport_options, use_robust_redis_transport
 from app.config import Settings, get_settings
 from app.logs import configure_logging
 from beat_schedule import build_beat_schedule
@@ -26,6 +26,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     celery.conf.update(
         broker_url=settings.broker_url,
         broker_transport_options=transport_options(settings),
+        broker_use_ssl=redis_ssl_options(settings),
         broker_connection_retry_on_startup=True,
         # JSON only: a pickle payload on a shared broker is remote code execution.
         task_serializer="json",

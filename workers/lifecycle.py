@@ -16,7 +16,7 @@ from app.config import get_settings
 from app.db.session import dispose_engines
 from app.metrics import definitions as m
 from app.metrics import endpoint
-from app.metrics.endpoint import EndpointServer, housekeeper, multiproc_dir
+from app.metrics.endpoint import EndpointServer, housekeeper, multiproc_dir, refuse_unsafe_exposure
 from app.metrics.multiproc import wipe_directory
 from workers.celery_app import app
 
@@ -111,6 +111,14 @@ def _start_probe(**_: Any) -> None:
 def _stop_probe(**_: Any) -> None:
     if _probe is not None:
         _probe.stop()
+
+
+@signals.worker_init.connect
+def _refuse_public_endpoint_without_credentials(**_: Any) -> None:
+    # Before the pool starts, so a refused worker consumes nothing.
+    settings = get_settings()
+    if settings.metrics_enabled:
+        refuse_unsafe_exposure(settings, settings.metrics_host)
 
 
 @signals.worker_init.connect

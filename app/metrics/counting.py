@@ -7,7 +7,7 @@ app.metrics.pending), so a counter's increase equals the rows inserted.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from functools import singledispatch
 
@@ -34,8 +34,14 @@ from app.metrics.pending import Tally
 Labels = Mapping[str, str]
 
 
-def capped_labels(session: Session, caps: LabelCaps, event: Event) -> dict[str, str]:
-    """The free-text label values of `event`, each passed through its cap."""
+def capped_labels(session: Session, caps: LabelCaps, events: Sequence[Event]) -> list[dict[str, str]]:
+    """The free-text label values of each event, passed through their caps (new ones admitted in sorted order)."""
+    raw = [_raw_labels(event) for event in events]
+    capped = caps.cap_all(session, (item for labels in raw for item in labels.items()))
+    return [{dimension: capped[dimension, value] for dimension, value in labels.items()} for labels in raw]
+
+
+def _raw_labels(event: Event) -> dict[str, str]:
     match event:
         case PanicRequestEvent():
             raw = {"zone": event.zone}
@@ -53,7 +59,7 @@ def capped_labels(session: Session, caps: LabelCaps, event: Event) -> dict[str, 
             raw = {"source": event.source}
         case _:
             raw = {}
-    return {dimension: caps.cap(session, dimension, value) for dimension, value in raw.items()}
+    return raw
 
 
 def count_stored(

@@ -176,9 +176,16 @@ JOB_WINDOWS = Counter(
 
 DEPENDENCY_UP = Gauge(
     "dependency_up",
-    "Whether a dependency answered the last health refresh (1) or not (0): broker, database, alertmanager.",
+    "Whether a dependency answered the last health refresh (1) or not (0): broker, database, redis, alertmanager.",
     ["dependency"],
     multiprocess_mode="mostrecent",
+)
+# A failed probe also sets the figures it could not read to NaN (not the last
+# good value: a mostrecent gauge would keep looking healthy).
+HEALTH_PROBE_FAILURES = Counter(
+    "metrics_health_probe_failures_total",
+    "Health refresh probes that failed: broker, database, redis, alertmanager, database_connections, queues.",
+    ["probe"],
 )
 DATABASE_CONNECTIONS = Gauge(
     "database_connections",
@@ -263,4 +270,12 @@ FIRM_PRANK_RATIO = Gauge(
     "Pranks over ended (completed, cancelled, prank) panic requests per firm, latest window.",
     ["firm_id"],
     multiprocess_mode="mostrecent",
+)
+
+# --- the endpoint itself ------------------------------------------------------
+
+ENDPOINT_UNAUTHORIZED = Counter(
+    "metrics_endpoint_unauthorized_requests_total",
+    "Requests to the endpoint refused for missing or invalid credentials (reason: missing, invalid).",
+    ["reason"],
 )

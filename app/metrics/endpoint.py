@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -15,15 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import __version__
 from app.broker import check_broker
-from app.config import get_settings
+from app.config import Settings, get_settings
 from app.db.session import check_database
+from app.logs import redact_json
 from app.metrics import counting
+from app.metrics.access import AUTHENTICATED, AccessControl, exposure_problem, tls_options
 from app.metrics.housekeeping import Housekeeper, HousekeepingCollector, timed
 from app.metrics.multiproc import collect_registry, prepare_directory, writable
 
@@ -61,17 +64,18 @@ def scrape() -> bytes:
     return body
 
 
-def create_api() -> FastAPI:
-    """The endpoint's ASGI app."""
+def create_api(settings: Settings | None = None) -> FastAPI:
+    """The endpoint's ASGI app, behind the access policy of app.metrics.access."""
     counting.initialise_fixed_series()  # this process's files: scrapes show 0 before the first event
     api = FastAPI(title="panic-metrics", version=__version__)
+    api.add_middleware(AccessControl, settings=settings or get_settings())
 
     @api.get("/metrics", response_class=Response, summary="Prometheus metrics of every worker process")
     def metrics() -> Response:
         return Response(content=scrape(), media_type=CONTENT_TYPE_LATEST)
 
     @api.get("/health", summary="Broker and database reachable, metrics directory writable")
-    def health() -> JSONResponse:
+    def health(request: Request) -> JSONResponse:
         checks = {
             "broker": check_broker(),
             "database": check_database(),
@@ -81,7 +85,9 @@ def create_api() -> FastAPI:
             checks["consuming"] = consuming_check()
         healthy = all(check["ok"] for check in checks.values())
         body = {"status": "ok" if healthy else "degraded", "version": __version__, "checks": checks}
-        return JSONResponse(body, status_code=200 if healthy else 503)
+        if not request.scope["state"].get(AUTHENTICATED, False):
+            body = {"status": body["status"]}  # the open liveness answer: no details without credentials
+        return JSONResponse(redact_json(body), status_code=200 if healthy else 503)
 
     from app.api import router  # the metrics API's JSON summaries; imported here as it imports this module
 
@@ -89,11 +95,39 @@ def create_api() -> FastAPI:
     return api
 
 
+def refuse_unsafe_exposure(settings: Settings, host: str) -> None:
+    """Stop the process with one line if the endpoint may not be served on `host` (public and no credentials)."""
+    problem = exposure_problem(settings, host)
+    if problem is not None:
+        sys.exit(f"panic-metrics: {problem}")
+
+
+def _log_start(settings: Settings, host: str, port: int) -> None:
+    # Which broker and database this host talks to: the first question when
+    # numbers look wrong. The logging filter masks any password in them.
+    log.info(
+        "metrics endpoint starting",
+        extra={
+            "host": host,
+            "port": port,
+            "tls": bool(tls_options(settings)),
+            "auth": settings.metrics_auth_configured,
+            "broker": settings.broker_url,
+            "database": settings.database_url,
+        },
+    )
+
+
 class EndpointServer:
     """The endpoint served by uvicorn in a daemon thread of the current process."""
 
-    def __init__(self, host: str, port: int) -> None:
-        config = uvicorn.Config(create_api(), host=host, port=port, log_config=None, access_log=False)
+    def __init__(self, host: str, port: int, settings: Settings | None = None) -> None:
+        settings = settings or get_settings()
+        refuse_unsafe_exposure(settings, host)
+        _log_start(settings, host, port)
+        config = uvicorn.Config(
+            create_api(settings), host=host, port=port, log_config=None, access_log=False, **tls_options(settings)
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="metrics-endpoint", daemon=True)
 
@@ -109,7 +143,10 @@ class EndpointServer:
 
 def serve_forever(host: str, port: int) -> None:
     """Serve the endpoint in the foreground (the standalone command), compacting the directory it shares."""
+    settings = get_settings()
+    refuse_unsafe_exposure(settings, host)
+    _log_start(settings, host, port)
     keeper = housekeeper()
     prepare_directory(keeper.path)
     keeper.start()
-    uvicorn.run(create_api(), host=host, port=port, log_config=None, access_log=False)
+    uvicorn.run(create_api(settings), host=host, port=port, log_config=None, access_log=False, **tls_options(settings))

@@ -6,11 +6,16 @@ agrees on it; each process keeps what it learned in memory, so the database is
 asked once per new value, inside the transaction that stores the event.
 Concurrent first sightings may overshoot a cap by the number of concurrent
 writers, never more.
+
+A transaction admits its new values in one sorted order (`cap_all`): each
+admission holds the value's row lock until COMMIT, so two workers admitting
+overlapping values in opposite orders would each wait for the other, and
+PostgreSQL would abort one of them as a deadlock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from sqlalchemy import func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -55,6 +60,10 @@ class LabelCaps:
         # from a rolled-back transaction would be this process's alone.
         on_commit(session, lambda: self._remember(dimension, value, admitted=admitted))
         return value if admitted else OTHER
+
+    def cap_all(self, session: Session, wanted: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """Each (dimension, value) mapped to its capped value, new ones admitted in sorted order."""
+        return {(dimension, value): self.cap(session, dimension, value) for dimension, value in sorted(set(wanted))}
 
     def _remember(self, dimension: str, value: str, *, admitted: bool) -> None:
         # A refusal is remembered only up to the cap's size so a flood of

@@ -30,7 +30,9 @@ SHORT_INTERVALS = {
     "PERFORMANCE_WINDOW_SECONDS": "2",
     # A window is aggregated a second after it ends: events stored just after it still land in it.
     "PERFORMANCE_GRACE_SECONDS": "1",
-    "PERFORMANCE_BACKFILL_WINDOWS": "3",
+    # A minute of windows: the events are stored before the beats have booted, which on a loaded
+    # machine takes over ten seconds; a shorter horizon leaves their window behind it.
+    "PERFORMANCE_BACKFILL_WINDOWS": "30",
     "CLEANUP_INTERVAL_SECONDS": "3",
     "EVENT_RETENTION_DAYS": "36500",
     "SNAPSHOT_RETENTION_DAYS": "36500",

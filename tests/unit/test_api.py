@@ -42,7 +42,7 @@ def serve(sqlite_engine: Engine, embedded_settings: Settings) -> Iterator[Serve]
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
     def start(*, settings: Settings | None = None, engine: Engine | None = None) -> str:
-        api = create_api()
+        api = create_api(settings or embedded_settings)
         api.dependency_overrides[settings_dependency] = lambda: settings or embedded_settings
         api.dependency_overrides[engine_dependency] = lambda: engine or sqlite_engine
         port = free_port()
@@ -271,16 +271,20 @@ def test_health_summary_is_503_when_the_database_is_down(serve: Serve) -> None:
     assert response.json()["dependencies"]["database"] is False
 
 
-def test_update_cache_metrics_needs_the_token_when_one_is_set(serve: Serve, embedded_settings: Settings) -> None:
-    """POST runs the health refresh now; with METRICS_API_TOKEN set, only with that bearer token."""
-    guarded = serve(settings=embedded_settings.model_copy(update={"metrics_api_token": SecretStr("s3cret")}))
+def test_update_cache_metrics_always_needs_the_token(serve: Serve, embedded_settings: Settings) -> None:
+    """POST runs the health refresh now, only with the bearer METRICS_AUTH_TOKEN; with none set it is disabled."""
+    guarded = serve(settings=embedded_settings.model_copy(update={"metrics_auth_token": SecretStr("s3cret")}))
     url = f"{guarded}/api/v1/metrics/update-cache-metrics"
     assert httpx.post(url).status_code == 401
     assert httpx.post(url, headers={"Authorization": "Bearer wrong"}).status_code == 401
     ok = httpx.post(url, headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 200
     assert ok.json()["report"]["dependencies"]["database"] is True
-    assert httpx.post(f"{serve()}/api/v1/metrics/update-cache-metrics").status_code == 200
+    open_endpoint = serve()  # loopback, no credentials configured: reads are open, the POST is not
+    assert httpx.get(f"{open_endpoint}/api/v1/metrics/health").status_code == 200
+    refused = httpx.post(f"{open_endpoint}/api/v1/metrics/update-cache-metrics")
+    assert refused.status_code == 403
+    assert "METRICS_AUTH_TOKEN" in refused.json()["detail"]
 
 
 def test_openapi_describes_every_route(serve: Serve) -> None:

@@ -141,3 +141,54 @@ def test_firm_gauges_admit_new_firms_under_the_cap(db_session: Session) -> None:
     set_performance_gauges(db_session, subject_type="firm", rows=[PerformanceRow(firm, 1, 1, 0, 0, 42.0, 42.0)])
     assert sample("firm_response_time_seconds", firm_id=firm, quantile="0.5") == 42.0
     assert sample("firm_completion_ratio", firm_id=firm) == 1.0
+
+
+@pytest.mark.integration
+def test_a_probe_that_fails_shows_nan_and_down_and_is_counted(sqlite_engine: Engine, tmp_path: Path) -> None:
+    """Redis (the broker) and the database answer one refresh and not the next: no gauge keeps its last value.
+
+    `dependency_up` goes to 0 (redis included), every figure that could not
+    be read goes to NaN, and each failed probe is counted.
+    """
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    settings = get_settings().model_copy(update={"broker_url": server.url, "redis_url": None})
+    address = f"127.0.0.1:{server.port}"
+    figures = [
+        ("redis_connected_clients", {"address": address}),
+        ("redis_memory_used_bytes", {"address": address}),
+        ("celery_queue_length", {"queue": "events"}),
+        ("celery_queue_oldest_message_age_seconds", {"queue": "events"}),
+        ("database_connections", {"state": "in_use"}),
+    ]
+    try:
+        refresh_health(settings=settings, engine=sqlite_engine, queues=("events",), claim=False)
+        assert sample("dependency_up", dependency="redis") == 1
+        for name, labels in figures:
+            reading = sample(name, **labels)
+            assert reading is not None
+            assert not math.isnan(reading), name
+    finally:
+        server.stop()
+    failures = {probe: sample("metrics_health_probe_failures_total", probe=probe) or 0 for probe in ("redis", "broker")}
+    unreachable = create_engine(UNREACHABLE_DATABASE, connect_args={"connect_timeout": 2})
+    result = refresh_health(settings=settings, engine=unreachable, queues=("events",), claim=False)
+    assert result.detail["report"]["dependencies"] == {"broker": False, "database": False, "redis": False}
+    for dependency in ("broker", "database", "redis"):
+        assert sample("dependency_up", dependency=dependency) == 0
+    for name, labels in figures:
+        value = sample(name, **labels)
+        assert value is not None
+        assert math.isnan(value), name
+    for probe, before in failures.items():
+        assert sample("metrics_health_probe_failures_total", probe=probe) == before + 1
+
+
+@pytest.mark.integration
+def test_the_redis_at_redis_url_has_a_dependency_up_series(sqlite_engine: Engine, redis_server: RedisServer) -> None:
+    """REDIS_URL (apart from the broker) is a dependency of its own: dependency_up{dependency="redis"}."""
+    settings = get_settings().model_copy(update={"broker_url": "memory://", "redis_url": redis_server.url})
+    report = collect_health(settings=settings, engine=sqlite_engine, queues=())
+    assert report.dependencies["redis"] is True
+    refresh_health(settings=settings, engine=sqlite_engine, queues=(), claim=False)
+    assert sample("dependency_up", dependency="redis") == 1

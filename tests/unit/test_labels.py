@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import threading
+import uuid
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, create_engine, delete, select
+from sqlalchemy import Engine, create_engine, delete, event, select, text
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.db.models import LabelValue
+from app.db.models import LabelValue, MetricEvent
+from app.events import Event, parse_event
+from app.ingest import reset_label_caps, store_and_count
 from app.metrics.labels import OTHER, LabelCaps
 from tests.support.db import committing_factory, migrate
-from tests.support.services import PostgresDatabase
+from tests.support.services import PostgresDatabase, wait_until
 
 SMALL_CAPS = Settings(max_zones=3, max_small_dimension=2)
 CAP_OF = {"zone": 3, "detector": 2}
@@ -158,3 +163,80 @@ def test_caps_match_the_reference(db_session: Session, transactions: list[Transa
         caps = processes[process]
         answers += in_transaction(db_session, [(caps, d, v) for d, v in lookups], commits=commits)
     assert answers == reference_answers(transactions)
+
+
+def _zone_events(zones: Sequence[str]) -> list[Event]:
+    return [parse_event("panic_request", {"service_type": "fire", "status": "requested", "zone": z}) for z in zones]
+
+
+def _waiting_on_a_lock(engine: Engine, pid: int) -> bool:
+    with engine.connect() as connection:
+        query = text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid")
+        return connection.execute(query, {"pid": pid}).scalar_one_or_none() == "Lock"
+
+
+@pytest.mark.integration
+def test_two_messages_admitting_the_same_new_values_in_opposite_orders_do_not_deadlock(
+    empty_label_values_pg: Engine,
+) -> None:
+    """Two real PostgreSQL transactions store [A, B] and [B, A]: both commit, no deadlock.
+
+    Deterministic: each transaction, after its first label admission, waits
+    until the other has made its own first admission or is blocked on a row
+    lock. In message order that is A and B held crosswise, then each waits
+    for the other (PostgreSQL aborts one); in sorted order the second one
+    blocks on A until the first commits.
+    """
+    engine = empty_label_values_pg
+    zones = [f"dl-{uuid.uuid4().hex[:8]}-{side}" for side in ("a", "b")]
+    reset_label_caps()
+    first_admitted = {0: threading.Event(), 1: threading.Event()}
+    pids: dict[int, int] = {}
+    errors: list[BaseException] = []
+
+    def run(side: int, message: list[Event]) -> None:
+        other = 1 - side
+        try:
+            with Session(engine) as session, session.begin():
+                pids[side] = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+                admissions = 0
+
+                def pause_after_first_admission(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+                    nonlocal admissions
+                    if not statement.lstrip().startswith("INSERT INTO label_values"):
+                        return
+                    admissions += 1
+                    if admissions == 1:
+                        first_admitted[side].set()
+                        wait_until(
+                            lambda: (
+                                first_admitted[other].is_set()
+                                or (other in pids and _waiting_on_a_lock(engine, pids[other]))
+                            ),
+                            timeout=60,
+                            what=f"transaction {other} to admit a value or wait for a lock",
+                        )
+
+                connection = session.connection()
+                event.listen(connection, "after_cursor_execute", pause_after_first_admission)
+                store_and_count(session, events=message, published_at=None)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=run, args=(0, _zone_events(zones))),
+        threading.Thread(target=run, args=(1, _zone_events(list(reversed(zones))))),
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert errors == []
+        with Session(engine) as session:
+            assert stored_values(session, "zone") >= set(zones)
+    finally:
+        reset_label_caps()
+        with engine.begin() as connection:
+            connection.execute(delete(LabelValue).where(LabelValue.value.in_(zones)))
+            connection.execute(delete(MetricEvent).where(MetricEvent.zone.in_(zones)))

@@ -9,7 +9,7 @@ newest window, are replaced.
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task
@@ -41,6 +41,11 @@ class ScheduledTask(Task):  # type: ignore[type-arg]
         """Who holds the job's window claims: host, process and task id."""
         return f"{jobs.default_owner()}:{self.request.id or 'direct'}"
 
+    def scheduled_at(self) -> datetime | None:
+        """When the beat sent this run (the `published_at` header it stamps): the window it is for."""
+        stamp = getattr(self.request, "published_at", None)
+        return datetime.fromtimestamp(stamp, UTC) if isinstance(stamp, int | float) else None
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
         try:
@@ -61,13 +66,13 @@ def _window(window_start: str | None) -> datetime | None:
 @app.task(base=ScheduledTask, bind=True, name="panic_metrics.scheduled.refresh_health_metrics")
 def refresh_health_metrics(self: ScheduledTask) -> dict[str, Any]:
     """Dependencies up, database connections, Redis figures, queue depths and ages."""
-    return jobs.refresh_health(queues=QUEUES, owner=self.owner()).as_dict()
+    return jobs.refresh_health(queues=QUEUES, owner=self.owner(), scheduled_at=self.scheduled_at()).as_dict()
 
 
 @app.task(base=ScheduledTask, bind=True, name="panic_metrics.scheduled.refresh_subscription_metrics")
 def refresh_subscription_metrics(self: ScheduledTask) -> dict[str, Any]:
     """Active subscriptions by plan."""
-    return jobs.refresh_subscriptions(owner=self.owner()).as_dict()
+    return jobs.refresh_subscriptions(owner=self.owner(), scheduled_at=self.scheduled_at()).as_dict()
 
 
 @app.task(base=ScheduledTask, bind=True, name="panic_metrics.scheduled.aggregate_zone_performance")
@@ -85,4 +90,6 @@ def aggregate_firm_performance(self: ScheduledTask, window_start: str | None = N
 @app.task(base=ScheduledTask, bind=True, name="panic_metrics.scheduled.cleanup_old_metrics")
 def cleanup_old_metrics(self: ScheduledTask) -> dict[str, Any]:
     """Roll up and delete what is past retention; compact this host's metric files."""
-    return jobs.cleanup_old_metrics(owner=self.owner(), metrics_dir=multiproc_dir()).as_dict()
+    return jobs.cleanup_old_metrics(
+        owner=self.owner(), scheduled_at=self.scheduled_at(), metrics_dir=multiproc_dir()
+    ).as_dict()
