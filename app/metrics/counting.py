@@ -12,7 +12,9 @@ from functools import singledispatch
 
 from sqlalchemy.orm import Session
 
-from app.events import (
+from app.metrics import definitions as m
+from app.metrics.labels import LabelCaps
+from panic_metrics_client.events import (
     AuthEvent,
     CreditTransactionEvent,
     Event,
@@ -24,8 +26,6 @@ from app.events import (
     PrankDetectionEvent,
     SubscriptionEvent,
 )
-from app.metrics import definitions as m
-from app.metrics.labels import LabelCaps
 
 Labels = Mapping[str, str]
 

@@ -1,0 +1,124 @@
+"""Celery task messages, built without Celery: what the worker's event tasks consume.
+
+A message is Celery's protocol 2 (headers carry the task name and id, the body
+is `[args, kwargs, embed]`, JSON), so the worker cannot tell it from a
+`.delay()`. The `argsrepr`/`kwargsrepr` headers are what Flower and the task
+event stream show; customer, subscription and request ids are masked there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from panic_metrics_client.events import Event
+
+TASK_PREFIX = "panic_metrics.events."
+BATCH_TASK = f"{TASK_PREFIX}record_events"
+EVENTS_QUEUE = "events"
+PUBLISHED_AT_HEADER = "published_at"
+
+# The seed's task names, one per kind.
+TASK_OF_KIND: dict[str, str] = {
+    "panic_request": f"{TASK_PREFIX}record_panic_request_metrics",
+    "auth": f"{TASK_PREFIX}record_auth_metrics",
+    "notification": f"{TASK_PREFIX}record_notification_metrics",
+    "subscription": f"{TASK_PREFIX}record_subscription_metrics",
+    "credit_transaction": f"{TASK_PREFIX}record_credit_transaction_metrics",
+    "prank_detection": f"{TASK_PREFIX}record_prank_detection_metrics",
+    "http_request": f"{TASK_PREFIX}record_http_request_metrics",
+    "gauge_report": f"{TASK_PREFIX}record_gauge_report",
+}
+
+# Ids of people and their requests: never shown by Flower or the task event stream.
+MASKED_FIELDS = frozenset({"customer_id", "subscription_id", "request_id"})
+MASK = "***"
+# Celery cuts argsrepr/kwargsrepr at 1024 characters too.
+MAX_REPR = 1024
+_ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
+
+
+@dataclass(frozen=True)
+class Message:
+    """One task message: a task name, its id (kept when the message is resent) and its kwargs."""
+
+    task: str
+    task_id: str
+    kwargs: dict[str, Any]
+    events: int
+
+    def encode(self) -> str:
+        """The message as stored in the spool."""
+        return json.dumps({"task": self.task, "task_id": self.task_id, "kwargs": self.kwargs, "events": self.events})
+
+    @classmethod
+    def decode(cls, text: str) -> Message:
+        """A message read back from the spool."""
+        data = json.loads(text)
+        return cls(task=data["task"], task_id=data["task_id"], kwargs=data["kwargs"], events=data["events"])
+
+
+def event_message(event: Event) -> Message:
+    """One event as its kind's own task (the seed's names), as `.delay(**fields)` sends it."""
+    fields = event.model_dump(mode="json", exclude={"kind"})
+    return Message(TASK_OF_KIND[event.kind], str(uuid.uuid4()), fields, 1)
+
+
+def batch_message(events: Sequence[Event]) -> Message:
+    """Events of any kinds in one `record_events` message: stored with one INSERT."""
+    payloads = [event.model_dump(mode="json") for event in events]
+    return Message(BATCH_TASK, str(uuid.uuid4()), {"events": payloads}, len(payloads))
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: MASK if key in MASKED_FIELDS else _mask(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        if len(value) > 3 and all(isinstance(item, Mapping) and "kind" in item for item in value):
+            # A batch: what it holds, not each event (hundreds would be cut at MAX_REPR anyway).
+            kinds = Counter(str(item["kind"]) for item in value)
+            return f"<{len(value)} events: " + ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items())) + ">"
+        return [_mask(item) for item in value]
+    return value
+
+
+def masked_repr(value: Any) -> str:
+    """`repr` of task args or kwargs with customer/subscription/request ids masked, at most MAX_REPR long."""
+    text = repr(_mask(value))
+    return text if len(text) <= MAX_REPR else text[: MAX_REPR - 3] + "..."
+
+
+def headers(message: Message, *, retries: int = 0) -> dict[str, Any]:
+    """Celery protocol-2 headers for `message`, stamped with the publish time."""
+    return {
+        "lang": "py",
+        "task": message.task,
+        "id": message.task_id,
+        "shadow": None,
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": retries,
+        "timelimit": [None, None],
+        "root_id": message.task_id,
+        "parent_id": None,
+        "argsrepr": masked_repr(()),
+        "kwargsrepr": masked_repr(message.kwargs),
+        "origin": _ORIGIN,
+        "ignore_result": True,
+        # The worker measures the lag from publish to stored from this stamp.
+        PUBLISHED_AT_HEADER: time.time(),
+    }
+
+
+def body(message: Message) -> list[Any]:
+    """Celery protocol-2 body: args, kwargs, and no callbacks, errbacks, chain or chord."""
+    return [[], message.kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
