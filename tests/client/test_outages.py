@@ -65,7 +65,13 @@ def record_phase(client: Client, zone: str, phase: str, call_seconds: list[float
         started = time.perf_counter()
         event_id = client.record_fields(
             "panic_request",
-            {"service_type": "security", "status": "accepted", "zone": zone, "firm_id": phase, "response_time": 1.5 + i},
+            {
+                "service_type": "security",
+                "status": "accepted",
+                "zone": zone,
+                "firm_id": phase,
+                "response_time": 1.5 + i,
+            },
         )
         call_seconds.append(time.perf_counter() - started)
         started = time.perf_counter()
