@@ -71,6 +71,7 @@ class Client:
         self._stopping = False
         self._closed = False
         self._flush_requested = False
+        self._spool_opened = False
         self._pending: list[Event] = []
         self._pending_since: float | None = None
         self._in_flight: list[Message] = []
@@ -136,6 +137,7 @@ class Client:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every recorded event is published or spooled; False if `timeout` ran out first."""
         timeout = self.settings.flush_timeout_ms / 1000 if timeout is None else timeout
+        self.start()
         if self._thread is None:
             return not self._queue
         with self._idle:
@@ -209,6 +211,10 @@ class Client:
             self._refusals_logged.add(key)
             logger.warning(message, extra=extra)
 
+    def start(self) -> None:
+        """Start the sender now (it also starts on the first event): it resends what earlier processes spooled."""
+        self._ensure_started()
+
     def _ensure_started(self) -> None:
         if self._thread is not None:
             return
@@ -251,6 +257,7 @@ class Client:
             self._spool.open()  # adopts the spools of processes that died with events in them
         except Exception:
             logger.exception("metrics spool unavailable: events are kept in memory only")
+        self._spool_opened = True
         while True:
             self._wake.wait(self._seconds_to_next_cycle())
             self._wake.clear()
@@ -277,7 +284,7 @@ class Client:
             self._spool.adopt_orphans()
 
     def _is_idle(self) -> bool:
-        busy = self._queue or self._pending or self._in_flight
+        busy = self._queue or self._pending or self._in_flight or not self._spool_opened
         return not busy and (not self._spool.events or self._broker_down or self._stopping)
 
     def _seconds_to_next_cycle(self) -> float:

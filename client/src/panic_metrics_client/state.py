@@ -20,6 +20,7 @@ def get_client() -> Client:
         with _lock:
             if _client is None:
                 _client = Client()
+                _client.start()  # resends what earlier processes left in the spool
             client = _client
     return client
 
@@ -36,4 +37,5 @@ def configure(*, registry: Any = None, **settings: Any) -> Client:
         client = _client
     if previous is not None:
         previous.close()
+    client.start()
     return client
