@@ -70,7 +70,8 @@ class Client:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._closed = False
-        self._flush_requested = False
+        self._flush_requests = 0
+        self._flushes_done = 0
         self._spool_opened = False
         self._pending: list[Event] = []
         self._pending_since: float | None = None
@@ -141,9 +142,11 @@ class Client:
         if self._thread is None:
             return not self._queue
         with self._idle:
-            self._flush_requested = True
+            # Wait for a whole cycle begun after this request (it also sends the in-process counts).
+            self._flush_requests += 1
+            wanted = self._flush_requests
             self._wake.set()
-            return self._idle.wait_for(self._is_idle, timeout)
+            return self._idle.wait_for(lambda: self._flushes_done >= wanted and self._is_idle(), timeout)
 
     def close(self, timeout: float | None = None) -> None:
         """Send or spool everything in memory within `timeout`, then stop the sender. Safe to call twice."""
@@ -262,15 +265,16 @@ class Client:
             self._wake.wait(self._seconds_to_next_cycle())
             self._wake.clear()
             stopping = self._stopping
+            with self._idle:
+                flushing = self._flush_requests
             try:
                 self._adopt_now_and_then()
-                self._cycle(force=stopping or self._flush_requested)
+                self._cycle(force=stopping or flushing > self._flushes_done)
             except Exception:
                 logger.exception("metrics sender cycle failed; retrying")
                 self._broker_down_until = time.monotonic() + self.settings.retry_interval_ms / 1000
             with self._idle:
-                if self._is_idle():
-                    self._flush_requested = False
+                self._flushes_done = flushing
                 self._idle.notify_all()
             if stopping and not self._queue:
                 self._spool.close()
