@@ -396,7 +396,7 @@ class Client:
         self._broker_down_until = time.monotonic() + self.settings.retry_interval_ms / 1000
         if not self._broker_down:
             self._broker_down = True
-            logger.warning("metrics broker unavailable; spooling events", extra={"error": type(exc).__name__})
+            logger.warning("metrics broker unavailable; spooling events: %r", exc, extra={"error": type(exc).__name__})
 
     def _to_spool(self, messages: list[Message]) -> None:
         if not messages:
