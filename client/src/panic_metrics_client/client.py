@@ -48,9 +48,10 @@ _CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()
 class Client:
     """Records events without ever blocking the caller; see the module docstring."""
 
-    def __init__(self, settings: ClientSettings | None = None, *, registry: Any = None) -> None:
+    def __init__(self, settings: ClientSettings | None = None, *, registry: Any = None, metrics: bool = True) -> None:
         self.settings = settings or ClientSettings.from_env()
-        self._metrics = metrics_for(registry)
+        # In `registry` (default: prometheus_client's global one) when prometheus_client is installed.
+        self._metrics = metrics_for(registry, enabled=metrics)
         self._spool = Spool(self.settings.spool_dir, self.settings.spool_max_bytes)
         self._publisher = Publisher(self.settings)
         self._previous_sigterm: Any = None
@@ -207,7 +208,7 @@ class Client:
         with self._counts_lock:
             self.counts[name] += n
         if self._metrics is not None:
-            self._metrics.events.labels(outcome=outcome).inc(n)
+            self._metrics.count(outcome, n)
 
     def _log_once(self, key: tuple[str, str], message: str, **extra: Any) -> None:
         if key not in self._refusals_logged:
@@ -335,8 +336,7 @@ class Client:
             with self._state_lock:
                 self._in_flight = []
             if self._metrics is not None:
-                self._metrics.queue_depth.set(len(self._queue) + len(self._pending))
-                self._metrics.spool_events.set(self._spool.events)
+                self._metrics.depths(len(self._queue) + len(self._pending), self._spool.events)
 
     def _gauge_report(self) -> GaugeReportEvent | None:
         # Cache hits and misses are summed in the process: one report per interval, exact deltas.
@@ -390,7 +390,7 @@ class Client:
             logger.info("metrics broker reachable again; resending the spool", extra={"spooled": self._spool.events})
         self._count("sent", message.events, "sent")
         if self._metrics is not None:
-            self._metrics.send_seconds.observe(seconds)
+            self._metrics.sent(seconds)
 
     def _broker_unavailable(self, exc: BaseException) -> None:
         self._broker_down_until = time.monotonic() + self.settings.retry_interval_ms / 1000

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 # Optional: a web app without prometheus_client still gets the client's `stats()`.
@@ -11,6 +14,8 @@ if HAS_PROMETHEUS or TYPE_CHECKING:
     import prometheus_client
 
 _BY_REGISTRY: dict[int, ClientMetrics] = {}
+_FAILED: list[bool] = []
+logger = logging.getLogger("panic_metrics_client")
 
 
 class ClientMetrics:
@@ -43,10 +48,37 @@ class ClientMetrics:
             registry=registry,
         )
 
+    def count(self, outcome: str, events: int) -> None:
+        """Count events by outcome; a broken registry never reaches the caller."""
+        with _guarded():
+            self.events.labels(outcome=outcome).inc(events)
 
-def metrics_for(registry: Any = None) -> ClientMetrics | None:
+    def depths(self, queued: int, spooled: int) -> None:
+        """What waits in memory and in the spool."""
+        with _guarded():
+            self.queue_depth.set(queued)
+            self.spool_events.set(spooled)
+
+    def sent(self, seconds: float) -> None:
+        """One publish took `seconds`."""
+        with _guarded():
+            self.send_seconds.observe(seconds)
+
+
+@contextlib.contextmanager
+def _guarded() -> Iterator[None]:
+    # e.g. PROMETHEUS_MULTIPROC_DIR set to a folder that does not exist: the metric is lost, not the event.
+    try:
+        yield
+    except Exception:
+        if not _FAILED:
+            _FAILED.append(True)
+            logger.exception("panic_metrics_client: cannot update its own metrics")
+
+
+def metrics_for(registry: Any = None, *, enabled: bool = True) -> ClientMetrics | None:
     """The client's metrics in `registry` (default: prometheus_client's), made once per registry."""
-    if not HAS_PROMETHEUS:
+    if not HAS_PROMETHEUS or not enabled:
         return None
     registry = registry if registry is not None else prometheus_client.REGISTRY
     metrics = _BY_REGISTRY.get(id(registry))

@@ -25,7 +25,7 @@ def get_client() -> Client:
     return client
 
 
-def configure(*, registry: Any = None, **settings: Any) -> Client:
+def configure(*, registry: Any = None, metrics: bool = True, **settings: Any) -> Client:
     """Replace the process's client: settings from the environment, then these; returns it.
 
     Call it once at start-up (e.g. `configure(mode="development")`); a previous
@@ -33,7 +33,7 @@ def configure(*, registry: Any = None, **settings: Any) -> Client:
     """
     global _client
     with _lock:
-        previous, _client = _client, Client(ClientSettings.from_env(**settings), registry=registry)
+        previous, _client = _client, Client(ClientSettings.from_env(**settings), registry=registry, metrics=metrics)
         client = _client
     if previous is not None:
         previous.close()
