@@ -41,6 +41,7 @@ HIGH_RATE_KINDS = frozenset({"http_request", "gauge_report"})
 # Spooled messages resent per cycle, so new events keep moving into the spool meanwhile.
 DRAIN_CHUNK = 200
 ADOPT_INTERVAL_SECONDS = 30.0
+LINGER_SECONDS = 0.02
 
 _CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()
 
@@ -64,6 +65,7 @@ class Client:
         # Everything that belongs to one process: after a fork the child starts from here.
         self._queue: deque[Event] = deque()
         self._wake = threading.Event()
+        self._linger = threading.Event()  # never set: an interruptible pause that releases the GIL
         self._start_lock = threading.Lock()
         self._state_lock = threading.RLock()
         self._idle = threading.Condition(self._state_lock)
@@ -264,6 +266,10 @@ class Client:
         self._spool_opened = True
         while True:
             self._wake.wait(self._seconds_to_next_cycle())
+            if not self._stopping and self._flush_requests == self._flushes_done:
+                # Let events gather: the sender holds the GIL while it serialises, and working
+                # in short bursts rather than once per event keeps it off the callers' way.
+                self._linger.wait(LINGER_SECONDS)
             self._wake.clear()
             stopping = self._stopping
             with self._idle:
