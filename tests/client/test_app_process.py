@@ -103,7 +103,16 @@ def test_events_spooled_by_a_killed_process_are_sent_by_the_next_start(
 
 def test_sigterm_sends_what_is_in_memory(tmp_path: Path, breakable_redis: BreakableRedis) -> None:
     """SIGTERM with HTTP requests waiting in memory for their batch: the handler sends them, then the process ends."""
-    app = run_app(tmp_path, breakable_redis.url, 30, flush=False, PANIC_METRICS_BATCH_INTERVAL_MS="600000")
+    # The wait at SIGTERM is bounded (then what is left is spooled); a generous bound, so a loaded
+    # machine cannot turn "sent" into "spooled" here.
+    app = run_app(
+        tmp_path,
+        breakable_redis.url,
+        30,
+        flush=False,
+        PANIC_METRICS_BATCH_INTERVAL_MS="600000",
+        PANIC_METRICS_FLUSH_TIMEOUT_MS="30000",
+    )
     assert app.stdout is not None
     ids = app.stdout.readline().split()
     assert len(ids) == 60

@@ -15,7 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from panic_metrics_client import InvalidEvent, PanicRequestEvent
-from panic_metrics_client.messages import BATCH_TASK, TASK_OF_KIND, Message
+from panic_metrics_client.client import BURST_OVER
+from panic_metrics_client.events import parse_event
+from panic_metrics_client.messages import BATCH_TASK, TASK_OF_KIND, Message, batch_message, event_json, kind_of
 from panic_metrics_client.spool import Spool
 from tests.client.conftest import ClientFactory
 from tests.support.payloads import KINDS, RULES, sample_payload, valid_payload
@@ -89,6 +91,47 @@ def test_every_kind_goes_out_under_its_seed_name_and_http_requests_in_batches(
     assert [len(b["kwargs"]["events"]) for b in batches] == [50, 50, 21]
     assert set(delivered_event_ids(folder)) == {str(i) for i in [*ids.values(), *http_ids]}
     assert all(isinstance(m["headers"]["published_at"], float) for m in messages)
+
+
+def test_a_burst_of_low_rate_events_travels_batched_each_event_once(make_client: ClientFactory, tmp_path: Path) -> None:
+    """More than BURST_OVER low-rate events in one sender cycle go out in record_events; a few go one message each."""
+    folder = tmp_path / "broker"
+    client = on_filesystem(make_client, folder)
+    assert client.flush(timeout=30)
+    # Holding the sender's state lock makes it find the whole burst in one cycle, whatever the machine's load.
+    with client._state_lock:
+        burst = [client.record_fields("auth", sample_payload("auth")) for _ in range(BURST_OVER + 40)]
+        burst += [client.record_fields("notification", sample_payload("notification")) for _ in range(5)]
+    assert client.flush(timeout=30)
+    few = [client.record_fields("auth", sample_payload("auth")) for _ in range(3)]
+    assert client.flush(timeout=30)
+    messages = delivered(folder)
+    batches = [m for m in messages if m["headers"]["task"] == BATCH_TASK]
+    assert [len(b["kwargs"]["events"]) for b in batches] == [len(burst)]
+    assert [e["event_id"] for e in batches[0]["kwargs"]["events"]] == [str(i) for i in burst]  # in order
+    assert batches[0]["headers"]["kwargsrepr"] == repr(
+        {"events": f"<{len(burst)} events: auth x{BURST_OVER + 40}, notification x5>"}
+    )
+    singles = [m for m in messages if m["headers"]["task"] == TASK_OF_KIND["auth"]]
+    assert sorted(m["kwargs"]["event_id"] for m in singles) == sorted(str(i) for i in few)
+    assert all("kind" not in m["kwargs"] for m in singles)  # as `.delay(**fields)` sends it
+    assert sorted(delivered_event_ids(folder)) == sorted(str(i) for i in [*burst, *few])
+
+
+def test_queued_text_names_its_kind_first_and_survives_the_spool(tmp_path: Path) -> None:
+    """The sender reads an event's kind from its JSON without parsing it; a spooled message comes back unchanged."""
+    for kind in KINDS:
+        text = event_json(parse_event(kind, sample_payload(kind)))
+        assert kind_of(text) == kind
+        assert json.loads(text)["kind"] == kind
+    spool = Spool(tmp_path, max_bytes=10**6)
+    message = Message("t", "1", json.dumps({"note": "two\nlines", "n": 1.5}), 1, "{'note': '***'}")
+    spool.append([message, batch_message([event_json(parse_event("auth", sample_payload("auth")))])])
+    back = [s.message for s in spool.oldest(10)]
+    assert back[0] == message
+    assert back[1].task == BATCH_TASK
+    assert json.loads(back[1].kwargs_json)["events"][0]["kind"] == "auth"
+    spool.close()
 
 
 def test_reprs_mask_customer_subscription_and_request_ids(make_client: ClientFactory, tmp_path: Path) -> None:
@@ -172,7 +215,7 @@ def test_valid_calls_all_arrive_and_invalid_ones_are_refused_naming_the_field(
 def test_spool_drops_the_oldest_past_its_cap_and_counts_them(tmp_path: Path) -> None:
     """Past the cap the oldest messages go first, each dropped event counted."""
     spool = Spool(tmp_path, max_bytes=2_000)
-    messages = [Message("t", str(i), {"pad": "x" * 150}, 2) for i in range(30)]
+    messages = [Message("t", str(i), json.dumps({"pad": "x" * 150}), 2) for i in range(30)]
     spool.append(messages)
     kept = spool.oldest(100)
     assert spool.bytes <= 2_000
@@ -185,7 +228,7 @@ def test_spool_drops_the_oldest_past_its_cap_and_counts_them(tmp_path: Path) -> 
 def test_a_dead_process_spool_is_adopted_in_order(tmp_path: Path) -> None:
     """A spool file whose owner is gone (its flock free) is taken over by the next spool opened."""
     dead = Spool(tmp_path, max_bytes=10**6)
-    dead.append([Message("t", str(i), {}, 1) for i in range(5)])
+    dead.append([Message("t", str(i), "{}", 1) for i in range(5)])
     dead._db.close()  # type: ignore[union-attr]  # the process "dies": file kept, lock released
     os.close(dead._lock_file)  # type: ignore[arg-type]
     heir = Spool(tmp_path, max_bytes=10**6)

@@ -27,7 +27,7 @@ from types import FrameType
 from typing import Any
 
 from panic_metrics_client.events import Event, GaugeReportEvent, InvalidEvent, parse_any_event, parse_event
-from panic_metrics_client.messages import Message, batch_message, event_message
+from panic_metrics_client.messages import Message, batch_message, event_json, event_message, kind_of
 from panic_metrics_client.metrics import metrics_for
 from panic_metrics_client.settings import ClientSettings
 from panic_metrics_client.spool import Spool
@@ -40,6 +40,9 @@ logger = logging.getLogger("panic_metrics_client")
 HIGH_RATE_KINDS = frozenset({"http_request", "gauge_report"})
 # Spooled messages resent per cycle, so new events keep moving into the spool meanwhile.
 DRAIN_CHUNK = 200
+# Low-rate kinds go out one message each under their own task names, unless more than
+# this many arrived since the sender's last cycle: then they travel batched too.
+BURST_OVER = 20
 ADOPT_INTERVAL_SECONDS = 30.0
 LINGER_SECONDS = 0.02
 
@@ -63,7 +66,10 @@ class Client:
 
     def _fresh_process(self) -> None:
         # Everything that belongs to one process: after a fork the child starts from here.
-        self._queue: deque[Event] = deque()
+        # Events as JSON text: a str is no work for the garbage collector (a queued model would
+        # be several objects it walks, and a burst of them triggers full collections), and the
+        # sender joins texts into messages without encoding them again.
+        self._queue: deque[str] = deque()
         self._wake = threading.Event()
         self._linger = threading.Event()  # never set: an interruptible pause that releases the GIL
         self._start_lock = threading.Lock()
@@ -76,7 +82,7 @@ class Client:
         self._flush_requests = 0
         self._flushes_done = 0
         self._spool_opened = False
-        self._pending: list[Event] = []
+        self._pending: list[str] = []
         self._pending_since: float | None = None
         self._in_flight: list[Message] = []
         self._broker_down_until = 0.0
@@ -183,15 +189,16 @@ class Client:
     def _enqueue(self, event: Event) -> None:
         if self._thread is None:
             self._ensure_started()
+        text = event_json(event)
         if self._closed:
-            self._spool.append([event_message(event)])  # at exit, after close: straight to disk
+            self._spool.append([event_message(text)])  # at exit, after close: straight to disk
             return
         if len(self._queue) >= self.settings.queue_size:
             self._count("dropped_queue_full", 1, "dropped")
             self._log_once(("queue_full", ""), "metrics queue full: event dropped (the sender cannot keep up)")
             return
-        self._queue.append(event)
-        if event.kind not in HIGH_RATE_KINDS:
+        self._queue.append(text)
+        if event.kind not in HIGH_RATE_KINDS and not self._wake.is_set():
             self._wake.set()
 
     def _refused(self, exc: InvalidEvent) -> None:
@@ -313,12 +320,17 @@ class Client:
         now = time.monotonic()
         with self._state_lock:
             messages: list[Message] = []
+            single: list[str] = []
             while self._queue:
-                event = self._queue.popleft()
-                if event.kind in HIGH_RATE_KINDS:
-                    self._pending.append(event)
-                else:
-                    messages.append(event_message(event))
+                text = self._queue.popleft()
+                (self._pending if kind_of(text) in HIGH_RATE_KINDS else single).append(text)
+            size = self.settings.batch_size
+            if len(single) > BURST_OVER:
+                # A burst: one message each would keep the sender busy (and holding the GIL the
+                # callers need) for a long while, and cost a broker message each; sent now, batched.
+                messages += [batch_message(single[i : i + size]) for i in range(0, len(single), size)]
+            else:
+                messages += [event_message(text) for text in single]
             if self._pending and self._pending_since is None:
                 self._pending_since = now
             interval = self.settings.batch_interval_ms / 1000
@@ -326,10 +338,9 @@ class Client:
                 self._last_report = now
                 report = self._gauge_report()
                 if report is not None:
-                    self._pending.append(report)
+                    self._pending.append(event_json(report))
                     self._pending_since = self._pending_since or now
             due = force or (self._pending_since is not None and now - self._pending_since >= interval)
-            size = self.settings.batch_size
             while len(self._pending) >= size or (self._pending and due):
                 messages.append(batch_message(self._pending[:size]))
                 del self._pending[:size]

@@ -65,7 +65,9 @@ class Publisher:
                 routing_key=EVENTS_QUEUE,
                 headers=headers(message, retries=retries),
                 correlation_id=message.task_id,
-                serializer="json",
+                # Already JSON: kombu sends it as it is instead of serialising objects again.
+                content_type="application/json",
+                content_encoding="utf-8",
                 delivery_mode=2,
                 retry=False,
             )
