@@ -53,6 +53,8 @@ from sqlalchemy import create_engine, func, select
 
 from app.db.models import MetricEvent
 from panic_metrics_client import Client, ClientSettings
+from panic_metrics_client.events import parse_event
+from panic_metrics_client.messages import event_json
 from tests.support.db import migrate
 from tests.support.worker import Worker, total
 
@@ -120,16 +122,22 @@ def percentiles(seconds: list[float]) -> str:
     return f"p50 {p50 * 1e6:9.1f} us   p99 {p99 * 1e6:9.1f} us   max {ordered[-1] * 1e6:11.1f} us   (n={len(ordered)})"
 
 
-def time_client(client: Client, kind: str, calls: int) -> tuple[list[float], str]:
+def validate_only(kind: str, payload: dict[str, Any]) -> None:
+    """The baseline: the same validation and serialisation, no client and no sender thread."""
+    event_json(parse_event(kind, payload))
+
+
+def time_client(client: Client | None, kind: str, calls: int) -> tuple[list[float], str]:
     """Seconds per call through the client (validate + hand over), and what the calls over 1 ms overlapped."""
     timings = []
     starts = []
     fields = CALLS[kind]
+    call = validate_only if client is None else client.record_fields
     with GcWatch() as watch:
         for i in range(calls):
             payload = {**fields, "duration" if kind == "http_request" else "response_time": (i % 600) / 1000}
             started = time.perf_counter()
-            client.record_fields(kind, payload)
+            call(kind, payload)
             timings.append(time.perf_counter() - started)
             starts.append(started)
     slow = [(s, t) for s, t in zip(starts, timings, strict=True) if t > 1e-3]
@@ -167,6 +175,12 @@ def latency(args: argparse.Namespace) -> None:
     from workers.tasks.events import record_panic_request_metrics
 
     print(f"Part 1: one call, {args.calls} client calls per state; plain .delay() cut off at {args.cutoff}s")
+    for kind in CALLS:
+        # What this machine does to a ~10 us Python call with no client at all: the floor for p99 and max.
+        time_client(None, kind, 1000)
+        timings, slow = time_client(None, kind, args.calls)
+        label = f"validate {kind.split('_')[0]}"
+        print(f"  {'baseline':8s} {label:14s} {percentiles(timings)}   (no client, no sender thread)   {slow}")
     states: list[tuple[str, Callable[[], Any], Callable[[], Any]]] = [
         ("up", lambda: None, lambda: None),
         ("refused", REDIS.stop, REDIS.start),
