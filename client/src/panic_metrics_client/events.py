@@ -129,8 +129,11 @@ class HttpMethod(StrEnum):
 
 
 # A path segment that is a number or a UUID means the caller sent the raw path,
-# whose ids would explode the series count; the route template is wanted.
-_RAW_SEGMENT = re.compile(r"^(\d+|[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12})$")
+# whose ids would explode the series count; the route template is wanted. One
+# search over the whole path (not a match per segment): it runs in every web request.
+_RAW_SEGMENT = re.compile(
+    r"(?:^|/)(?:\d+|[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12})(?=/|$)"
+)
 
 
 class Event(BaseModel):
@@ -228,7 +231,7 @@ class HttpRequestEvent(Event):
     @field_validator("endpoint")
     @classmethod
     def _route_template(cls, value: str) -> str:
-        if any(_RAW_SEGMENT.match(segment) for segment in value.split("/")):
+        if _RAW_SEGMENT.search(value):
             raise PydanticCustomError("raw_path", "endpoint must be the route template, not the raw path")
         return value
 
