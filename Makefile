@@ -7,10 +7,11 @@ export PROMETHEUS_MULTIPROC_DIR ?= $(CURDIR)/var/prometheus_multiproc
 
 .PHONY: run worker demo test test-fast lint services install clean monitoring monitoring-check
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# The client first in the same command: the worker depends on it, and it is not on PyPI.
+	$(BIN)/python -m pip install --quiet -e './client[prometheus]' -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

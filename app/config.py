@@ -10,6 +10,8 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from panic_metrics_client.events import set_max_clock_skew
+
 VAR_DIR = Path("var")
 
 
@@ -245,4 +247,7 @@ def load_settings() -> Settings:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, read on first use."""
-    return load_settings()
+    settings = load_settings()
+    # The catalogue lives in the client distribution, which reads no worker settings.
+    set_max_clock_skew(settings.max_clock_skew_seconds)
+    return settings

@@ -89,21 +89,27 @@ def sample_event(rng: random.Random) -> dict[str, Any]:  # noqa: PLR0911 - one r
 
 
 def run_demo(*, rate: float, duration: float | None, seed: int | None = None) -> int:
-    """Fire about `rate` events a second through the real tasks; return how many were sent."""
-    from workers.tasks.events import record_events, record_gauge_report, record_panic_request_metrics
+    """Fire about `rate` events a second through the app-side client, as the web app does; return how many."""
+    import panic_metrics_client as client
+    from app.config import get_settings
 
+    settings = get_settings()
+    # The worker's broker; PANIC_METRICS_* variables still override the rest. No client metrics:
+    # this process shares the worker's environment, not a web app's registry.
+    client.configure(broker_url=settings.broker_url, broker_folder=settings.broker_folder, metrics=False)
     rng = random.Random(seed)
     sent = 0
     started = time.monotonic()
     while duration is None or time.monotonic() - started < duration:
         batch = [sample_event(rng) for _ in range(max(1, int(rate)))]
-        # Panic requests go one per message, as the web app sends them; the rest in one batch.
+        # Panic requests through the seed's name, one call each; the rest as the batch form.
         for event in [e for e in batch if e["kind"] == "panic_request"]:
-            record_panic_request_metrics.delay(**{k: v for k, v in event.items() if k != "kind"})
-        record_events.delay([e for e in batch if e["kind"] != "panic_request"])
-        record_gauge_report.delay(
-            websocket_connections=rng.randint(50, 400), cache_hits=rng.randint(50, 200), cache_misses=rng.randint(0, 30)
-        )
+            client.record_panic_request_metrics.delay(**{k: v for k, v in event.items() if k != "kind"})
+        client.record_events.delay([e for e in batch if e["kind"] != "panic_request"])
+        client.record_gauge_report.delay(websocket_connections=rng.randint(50, 400))
+        client.record_cache(hit=True, count=rng.randint(50, 200))
+        client.record_cache(hit=False, count=rng.randint(0, 30))
         sent += len(batch) + 1
         time.sleep(1)
+    client.flush()
     return sent

@@ -29,10 +29,10 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from app.db.session import session_scope
-from app.events import Event, InvalidEvent, parse_any_event, parse_event
 from app.metrics import counting, pending
 from app.metrics.labels import LabelCaps
 from app.store import attempt_committed, insert_new, insert_rejections, lock_attempt, on_commit
+from panic_metrics_client.events import Event, InvalidEvent, parse_any_event, parse_event
 
 log = logging.getLogger(__name__)
 

@@ -29,11 +29,11 @@ from app.cleanup import compact_metric_files, event_cutoff, purge_events, purge_
 from app.config import Settings, get_settings
 from app.db.models import DailyEventRollup, PerformanceSnapshot, ScheduledJobRun
 from app.db.session import get_engine, session_scope
-from app.events import EVENT_KINDS
 from app.health import DEFAULT_QUEUES, collect_health, set_health_gauges
 from app.locks import claim_window, finish_window, finished_windows, newest_finished_window
 from app.metrics import definitions as m
 from app.windows import as_utc, recent_windows, scheduled_window, window_start
+from panic_metrics_client.events import EVENT_KINDS
 
 log = logging.getLogger(__name__)
 

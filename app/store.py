@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.orm import Session
 
 from app.db.models import MetricEvent, RejectedEvent
-from app.events import (
+from panic_metrics_client.events import (
     AuthEvent,
     CreditTransactionEvent,
     Event,

@@ -12,6 +12,7 @@ from app.broker import redis_ssl_options, transport_options, use_robust_redis_tr
 from app.config import Settings, get_settings
 from app.logs import configure_logging
 from beat_schedule import build_beat_schedule
+from panic_metrics_client.messages import TASK_PREFIX, masked_repr
 
 EVENTS_QUEUE = "events"
 SCHEDULED_QUEUE = "scheduled"
@@ -116,3 +117,17 @@ def _stamp_publish_time(headers: dict[str, Any] | None = None, **_: Any) -> None
     # from publish to stored; a retry republishes with the original stamp.
     if headers is not None:
         headers.setdefault(PUBLISHED_AT_HEADER, time.time())
+
+
+@signals.before_task_publish.connect
+def _mask_ids_in_task_reprs(
+    sender: str | None = None, body: Any = None, headers: dict[str, Any] | None = None, **_: Any
+) -> None:
+    # Flower and the task event stream show argsrepr/kwargsrepr: customer, subscription
+    # and request ids are masked there, also when a retry republishes the message.
+    # The worker itself still receives the real arguments in the body.
+    if headers is None or not str(sender or headers.get("task", "")).startswith(TASK_PREFIX):
+        return
+    if isinstance(body, list | tuple) and len(body) >= 2:
+        headers["argsrepr"] = masked_repr(body[0])
+        headers["kwargsrepr"] = masked_repr(body[1])

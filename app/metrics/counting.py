@@ -13,7 +13,10 @@ from functools import singledispatch
 
 from sqlalchemy.orm import Session
 
-from app.events import (
+from app.metrics import definitions as m
+from app.metrics.labels import LabelCaps
+from app.metrics.pending import Tally
+from panic_metrics_client.events import (
     EVENT_KINDS,
     AuthEvent,
     CreditTransactionEvent,
@@ -27,9 +30,6 @@ from app.events import (
     PrankDetectionEvent,
     SubscriptionEvent,
 )
-from app.metrics import definitions as m
-from app.metrics.labels import LabelCaps
-from app.metrics.pending import Tally
 
 Labels = Mapping[str, str]
 

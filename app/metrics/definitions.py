@@ -1,6 +1,6 @@
 """Every metric of the worker, with its help text, labels and bucket rationale.
 
-Label values come from bounded sets (enums in app.events) or pass through a
+Label values come from bounded sets (enums in panic_metrics_client.events) or pass through a
 cap (app.metrics.labels): no user, customer or request id is ever a label.
 """
 

@@ -3,7 +3,7 @@
 `valid_payload(kind)` draws payloads the catalogue must accept; `malformed_payload(kind)`
 starts from a valid one and applies one or more mutations, each of which alone makes
 the payload invalid (a wrong type, a missing field, a value out of its range, ...).
-The rules are written out here, independently of app.events, so the tests check the
+The rules are written out here, independently of panic_metrics_client.events, so the tests check the
 catalogue against a second statement of it.
 """
 

@@ -21,9 +21,9 @@ from app.cleanup import MEASURES, event_cutoff, purge_events, rollup_key, rollup
 from app.config import get_settings
 from app.db.models import DailyEventRollup, MetricEvent, PerformanceSnapshot, ScheduledJobRun
 from app.db.session import _create_engine
-from app.events import EVENT_KINDS
 from app.jobs import cleanup_old_metrics
 from app.windows import as_utc
+from panic_metrics_client.events import EVENT_KINDS
 from tests.support.db import committing_factory, rolled_back_session
 from tests.support.metric_rows import events_of_every_kind, insert_rows, row
 

@@ -16,9 +16,9 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.models import LabelValue, MetricEvent
-from app.events import Event, parse_event
 from app.ingest import reset_label_caps, store_and_count
 from app.metrics.labels import OTHER, LabelCaps
+from panic_metrics_client.events import Event, parse_event
 from tests.support.db import committing_factory, migrate
 from tests.support.services import PostgresDatabase, wait_until
 

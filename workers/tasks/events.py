@@ -1,6 +1,6 @@
 """Event tasks: the names and keyword arguments the platform's app code already calls.
 
-Each accepts its event's fields as keyword arguments (see app.events for what
+Each accepts its event's fields as keyword arguments (see panic_metrics_client.events for what
 each kind takes) and hands them to app.ingest; a bad payload is rejected there.
 """
 

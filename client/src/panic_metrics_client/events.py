@@ -1,11 +1,14 @@
 """The event catalogue: what each kind of metric event is, one pydantic model per kind.
 
-Every model validates a payload exactly as app code sends it through `.delay()`
-(JSON), so the error of a bad payload names the field and the rule it broke.
+The one definition both sides use: app code validates at the call site with
+it, and the worker validates every payload it receives with it again. Every
+model validates a payload exactly as it travels (JSON), so the error of a bad
+payload names the field and the rule it broke.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -27,8 +30,6 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from app.config import get_settings
-
 # A day: no panic response or HTTP request is longer, so a bigger value is a bug.
 MAX_DURATION_SECONDS = 86_400.0
 MAX_MONEY = Decimal("1000000000")
@@ -36,6 +37,16 @@ MAX_DETAIL_FIELD = 80
 
 # The `metric_events.amount` column keeps four decimal places.
 MONEY_QUANTUM = Decimal("0.0001")
+
+# How far in the future `occurred_at` may be. Both sides read the same
+# variable; the worker also sets it from its settings (set_max_clock_skew).
+_max_clock_skew = timedelta(seconds=float(os.environ.get("MAX_CLOCK_SKEW_SECONDS") or 60.0))
+
+
+def set_max_clock_skew(seconds: float) -> None:
+    """Refuse an `occurred_at` more than `seconds` in the future (default: MAX_CLOCK_SKEW_SECONDS or 60)."""
+    global _max_clock_skew  # noqa: PLW0603 - one process-wide rule, set once from settings
+    _max_clock_skew = timedelta(seconds=seconds)
 
 
 def _in_utc(value: datetime) -> datetime:
@@ -118,8 +129,11 @@ class HttpMethod(StrEnum):
 
 
 # A path segment that is a number or a UUID means the caller sent the raw path,
-# whose ids would explode the series count; the route template is wanted.
-_RAW_SEGMENT = re.compile(r"^(\d+|[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12})$")
+# whose ids would explode the series count; the route template is wanted. One
+# search over the whole path (not a match per segment): it runs in every web request.
+_RAW_SEGMENT = re.compile(
+    r"(?:^|/)(?:\d+|[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12})(?=/|$)"
+)
 
 
 class Event(BaseModel):
@@ -136,7 +150,7 @@ class Event(BaseModel):
     @field_validator("occurred_at")
     @classmethod
     def _not_in_the_future(cls, value: datetime) -> datetime:
-        skew = timedelta(seconds=get_settings().max_clock_skew_seconds)
+        skew = _max_clock_skew
         if value > datetime.now(UTC) + skew:
             raise PydanticCustomError(
                 "future_timestamp", "occurred_at is in the future beyond {skew}s", {"skew": skew.total_seconds()}
@@ -217,7 +231,7 @@ class HttpRequestEvent(Event):
     @field_validator("endpoint")
     @classmethod
     def _route_template(cls, value: str) -> str:
-        if any(_RAW_SEGMENT.match(segment) for segment in value.split("/")):
+        if _RAW_SEGMENT.search(value):
             raise PydanticCustomError("raw_path", "endpoint must be the route template, not the raw path")
         return value
 
@@ -268,12 +282,14 @@ _ANY_EVENT: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
 class InvalidEvent(ValueError):
     """A payload that is not a valid event; `reason` is a short, bounded code."""
 
-    def __init__(self, kind: str, reason: str, detail: str, event_id: str | None) -> None:
+    def __init__(self, kind: str, reason: str, detail: str, event_id: str | None, field: str | None = None) -> None:
         super().__init__(f"{kind}: {reason}: {detail}")
         self.kind = kind
         self.reason = reason
         self.detail = detail
         self.event_id = event_id
+        # The field the first error is about ("payload" when it is about the whole event).
+        self.field = field
 
 
 def _known_kind(payload: Any) -> str:
@@ -291,7 +307,7 @@ def _invalid(kind: str, payload: Any, exc: ValidationError) -> InvalidEvent:
     loc = first["loc"][1:] if first["loc"][:1] == (kind,) else first["loc"]
     # A field name comes from the caller: cap it so a huge key cannot make a huge log line.
     where = (".".join(str(part) for part in loc) or "payload")[:MAX_DETAIL_FIELD]
-    return InvalidEvent(kind, first["type"], f"{where}: {first['msg']}", _event_id_of(payload))
+    return InvalidEvent(kind, first["type"], f"{where}: {first['msg']}", _event_id_of(payload), where)
 
 
 def parse_event(kind: str, payload: Any) -> Event:
