@@ -6,8 +6,10 @@ COPY pyproject.toml README.md alembic.ini beat_schedule.py ./
 COPY app ./app
 COPY workers ./workers
 COPY alembic ./alembic
+COPY client ./client
 # Editable: `panic-metrics migrate` finds alembic.ini beside the app package.
-RUN pip install -e . \
+# The client in the same command: the worker depends on it, and it is not on PyPI.
+RUN pip install -e ./client -e . \
     && useradd --system --uid 10001 --home-dir /var/lib/panic-metrics panic \
     && mkdir -p /var/lib/panic-metrics \
     && chown panic /var/lib/panic-metrics
