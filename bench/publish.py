@@ -24,14 +24,12 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import socket
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +39,7 @@ RUN_DIR = Path(tempfile.mkdtemp(prefix="panic-metrics-bench-publish-"))
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(RUN_DIR / "publisher")
 (RUN_DIR / "publisher").mkdir()
 
-from tests.support.services import PostgresDatabase, RedisServer, free_port, wait_until
+from tests.support.services import PostgresDatabase, RedisServer, free_port, silent_listener, wait_until
 
 REDIS = RedisServer(RUN_DIR / "redis", port=free_port())
 DATABASE = PostgresDatabase()
@@ -86,33 +84,6 @@ class GcWatch:
 
     def overlapping(self, started: float, seconds: float) -> bool:
         return any(start < started + seconds and end > started for start, end in self.spans)
-
-
-@contextmanager
-def silent_listener(port: int) -> Iterator[None]:
-    """Accepts connections on `port` and never sends a byte."""
-    server = socket.create_server(("127.0.0.1", port))
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(5)
-        for connection in held:
-            connection.close()
-        server.close()
 
 
 def percentiles(seconds: list[float]) -> str:

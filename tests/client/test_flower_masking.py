@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import uuid
 from pathlib import Path
 
@@ -13,9 +12,9 @@ from sqlalchemy import Engine, select
 from app.db.models import MetricEvent
 from tests.client.conftest import ClientFactory
 from tests.integration.conftest import WorkerFactory
+from tests.support.flower import running_flower
 from tests.support.payloads import sample_payload
-from tests.support.processes import LoggedProcess
-from tests.support.services import RedisServer, free_port, wait_until
+from tests.support.services import RedisServer, wait_until
 from workers.tasks import events as tasks
 
 pytestmark = pytest.mark.integration
@@ -29,23 +28,7 @@ def test_flower_shows_no_customer_subscription_or_request_id(
     tmp_path: Path,
 ) -> None:
     """Events from the client and from a worker-side .delay() carry ids; Flower's API shows none of them."""
-    port = free_port()
-    flower = LoggedProcess(
-        [sys.executable, "-m", "celery", "-A", "workers.celery_app", "flower", f"--port={port}", "--address=127.0.0.1"],
-        {"BROKER_URL": redis_server.url, "FLOWER_UNAUTHENTICATED_API": "true"},
-        tmp_path / "flower.log",
-    )
-    flower.start_process()
-    try:
-        api = f"http://127.0.0.1:{port}/api"
-
-        def answers() -> bool:
-            try:
-                return httpx.get(f"{api}/workers", timeout=5).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(answers, timeout=60, what="Flower's API")
+    with running_flower(redis_server.url, tmp_path / "flower.log") as api:
         start_worker()
         secret = uuid.uuid4().hex
         client = make_client(broker_url=redis_server.url)
@@ -78,5 +61,3 @@ def test_flower_shows_no_customer_subscription_or_request_id(
                 select(MetricEvent.customer_id).where(MetricEvent.event_id.in_([i for i in ids if i is not None]))
             ).scalars()
             assert f"c{secret}" in set(stored)  # the worker received the real value
-    finally:
-        flower.stop()

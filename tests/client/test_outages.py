@@ -9,12 +9,8 @@ through the spool is taken by construction, not by timing luck.
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import Engine, func, select
@@ -23,39 +19,12 @@ from app.db.models import MetricEvent
 from panic_metrics_client import Client
 from tests.client.conftest import BreakableRedis, ClientFactory
 from tests.integration.conftest import WorkerFactory
-from tests.support.services import wait_until
+from tests.support.services import silent_listener, wait_until
 from tests.support.worker import total
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 EVENTS_PER_PHASE = 25
-
-
-@contextmanager
-def silent_listener(port: int) -> Iterator[None]:
-    """A TCP listener on `port` that accepts connections and never sends a byte."""
-    server = socket.create_server(("127.0.0.1", port))
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                accepted.append(server.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(5)
-        for connection in accepted:
-            connection.close()
-        server.close()
 
 
 def record_phase(client: Client, zone: str, phase: str, call_seconds: list[float]) -> list[uuid.UUID]:

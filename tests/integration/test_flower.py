@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.integration.conftest import WorkerFactory
-from tests.support.processes import LoggedProcess
-from tests.support.services import RedisServer, free_port, wait_until
+from tests.support.flower import running_flower
+from tests.support.services import RedisServer, wait_until
 from workers.tasks import events as tasks
 
 pytestmark = pytest.mark.integration
@@ -20,23 +19,7 @@ def test_flower_shows_event_tasks_by_name(
     start_worker: WorkerFactory, redis_server: RedisServer, unique: str, tmp_path: Path
 ) -> None:
     """A real Flower on the test broker lists a task fired with .delay() as succeeded, under its stable name."""
-    port = free_port()
-    flower = LoggedProcess(
-        [sys.executable, "-m", "celery", "-A", "workers.celery_app", "flower", f"--port={port}", "--address=127.0.0.1"],
-        {"BROKER_URL": redis_server.url, "FLOWER_UNAUTHENTICATED_API": "true"},
-        tmp_path / "flower.log",
-    )
-    flower.start_process()
-    try:
-        api = f"http://127.0.0.1:{port}/api"
-
-        def answers() -> bool:
-            try:
-                return httpx.get(f"{api}/workers", timeout=5).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(answers, timeout=60, what="Flower's API")
+    with running_flower(redis_server.url, tmp_path / "flower.log") as api:
         start_worker()
         result = tasks.record_panic_request_metrics.delay(service_type="fire", status="requested", zone=unique)
 
@@ -47,5 +30,3 @@ def test_flower_shows_event_tasks_by_name(
         wait_until(seen, timeout=60, what="the task listed as succeeded in Flower", interval=0.5)
         task = httpx.get(f"{api}/tasks", timeout=5).json()[result.id]
         assert task["name"] == "panic_metrics.events.record_panic_request_metrics"
-    finally:
-        flower.stop()

@@ -7,9 +7,11 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -173,3 +175,30 @@ class PrivateCluster:
         if self.running():
             self.stop("immediate")
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@contextmanager
+def silent_listener(port: int) -> Iterator[None]:
+    """A TCP listener on `port` that accepts connections and never sends a byte (a hung broker)."""
+    server = socket.create_server(("127.0.0.1", port))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+        for connection in accepted:
+            connection.close()
+        server.close()
