@@ -14,6 +14,7 @@ from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 
 from app.config import Settings, get_settings
+from panic_metrics_client.transport import filesystem_options
 
 log = logging.getLogger(__name__)
 
@@ -21,15 +22,7 @@ log = logging.getLogger(__name__)
 def transport_options(settings: Settings) -> dict[str, Any]:
     """Transport options for the configured broker."""
     if settings.broker_url.startswith("filesystem://"):
-        folder = settings.broker_folder.resolve()
-        for sub in ("queue", "control"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
-        return {
-            "data_folder_in": str(folder / "queue"),
-            "data_folder_out": str(folder / "queue"),
-            "control_folder": str(folder / "control"),
-            "store_processed": False,
-        }
+        return filesystem_options(settings.broker_folder)
     return {
         "visibility_timeout": settings.broker_visibility_timeout_seconds,
         # kombu scans for unacknowledged messages past their visibility timeout

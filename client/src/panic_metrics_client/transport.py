@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 from typing import Any
 
 from kombu import Connection
@@ -12,19 +13,23 @@ from panic_metrics_client.messages import EVENTS_QUEUE, Message, body, headers
 from panic_metrics_client.settings import ClientSettings
 
 
+def filesystem_options(folder: Path) -> dict[str, Any]:
+    """kombu filesystem transport options for a broker folder, shared by the worker (BROKER_FOLDER) and the client."""
+    folder = folder.resolve()
+    for sub in ("queue", "control"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    return {
+        "data_folder_in": str(folder / "queue"),
+        "data_folder_out": str(folder / "queue"),
+        "control_folder": str(folder / "control"),
+        "store_processed": False,
+    }
+
+
 def transport_options(settings: ClientSettings) -> dict[str, Any]:
     """kombu transport options that bound every broker operation of the sender."""
     if settings.is_filesystem:
-        folder = settings.broker_folder.resolve()
-        for sub in ("queue", "control"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
-        # The same folders the worker reads (its BROKER_FOLDER).
-        return {
-            "data_folder_in": str(folder / "queue"),
-            "data_folder_out": str(folder / "queue"),
-            "control_folder": str(folder / "control"),
-            "store_processed": False,
-        }
+        return filesystem_options(settings.broker_folder)
     seconds = settings.send_timeout_ms / 1000
     return {
         "socket_timeout": seconds,
