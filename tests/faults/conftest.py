@@ -33,6 +33,15 @@ FAST_RECOVERY = {
     # kombu scans for a dead worker's unacknowledged messages every interval
     # x throttle seconds (about 100 s by default): every second here.
     "BROKER_UNACKED_RESTORE_INTERVAL_SECONDS": "1",
+    # Redis's visibility timeout runs from delivery, not from the start of the
+    # task: a message reserved ahead and still waiting in the worker after 4 s
+    # is restored by the scan and delivered again while its first copy waits.
+    # On a loaded 2-core machine that happens to most of a 4-message-per-child
+    # prefetch, every copy ages the same way, and the queue drains slower and
+    # slower (seen: a second worker storing 1 of 80 messages in 90 s). With one
+    # message per child only a running task holds an unacknowledged message,
+    # and the timeout only has to exceed one task's run.
+    "WORKER_PREFETCH_MULTIPLIER": "1",
 }
 
 
@@ -121,6 +130,30 @@ def start_fault_worker(tmp_path: Path) -> Iterator[WorkerStarter]:
     yield start
     for worker in started:
         worker.kill()
+
+
+@pytest.fixture(scope="module")
+def shared_redis_workers(
+    redis_server: RedisServer, pg_database: PostgresDatabase, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[Worker]]:
+    """Two plain workers on the run's Redis and PostgreSQL, shared by the faults of a module that do not harm them.
+
+    A worker start costs seconds on a loaded machine; faults that neither kill
+    nor reconfigure a worker (duplicates, a refused message) reuse these. Each
+    test still checks them with a stream of its own zone.
+    """
+    env = {"BROKER_URL": redis_server.url, "DATABASE_URL": pg_database.url, **FAST_RECOVERY}
+    directory = tmp_path_factory.mktemp("shared-workers")
+    workers = [Worker(env, directory / f"w{i}") for i in range(2)]
+    try:
+        for worker in workers:
+            worker.start_process()  # both start at once
+        for worker in workers:
+            worker.wait_ready()
+        yield workers
+    finally:
+        for worker in workers:
+            worker.kill()
 
 
 @pytest.fixture
