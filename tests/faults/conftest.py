@@ -33,6 +33,8 @@ FAST_RECOVERY = {
     # kombu scans for a dead worker's unacknowledged messages every interval
     # x throttle seconds (about 100 s by default): every second here.
     "BROKER_UNACKED_RESTORE_INTERVAL_SECONDS": "1",
+}
+REDIS_IN_FLIGHT = {
     # Redis's visibility timeout runs from delivery, not from the start of the
     # task: a message reserved ahead and still waiting in the worker after 4 s
     # is restored by the scan and delivered again while its first copy waits.
@@ -41,8 +43,16 @@ FAST_RECOVERY = {
     # slower (seen: a second worker storing 1 of 80 messages in 90 s). With one
     # message per child only a running task holds an unacknowledged message,
     # and the timeout only has to exceed one task's run.
+    # (Redis only: the embedded broker has no visibility timeout, and its
+    # blocking pool with one message per child drains much slower.)
     "WORKER_PREFETCH_MULTIPLIER": "1",
 }
+
+
+def fault_environment(env: dict[str, str]) -> dict[str, str]:
+    """A fault worker's environment: fast recovery, one message per child on Redis, then the test's own settings."""
+    redis = env.get("BROKER_URL", "").startswith("redis")
+    return {**FAST_RECOVERY, **(REDIS_IN_FLIGHT if redis else {}), **env}
 
 
 class Stream:
@@ -120,7 +130,7 @@ def start_fault_worker(tmp_path: Path) -> Iterator[WorkerStarter]:
         extra: tuple[str, ...] = (),
     ) -> Worker:
         workdir = tmp_path / (name or f"worker{len(started)}")
-        worker = Worker({**FAST_RECOVERY, **env}, workdir, concurrency=concurrency, extra=extra)
+        worker = Worker(fault_environment(env), workdir, concurrency=concurrency, extra=extra)
         started.append(worker)
         if wait:
             return worker.start()
@@ -142,7 +152,7 @@ def shared_redis_workers(
     nor reconfigure a worker (duplicates, a refused message) reuse these. Each
     test still checks them with a stream of its own zone.
     """
-    env = {"BROKER_URL": redis_server.url, "DATABASE_URL": pg_database.url, **FAST_RECOVERY}
+    env = fault_environment({"BROKER_URL": redis_server.url, "DATABASE_URL": pg_database.url})
     directory = tmp_path_factory.mktemp("shared-workers")
     workers = [Worker(env, directory / f"w{i}") for i in range(2)]
     try:
