@@ -11,6 +11,7 @@ from typing import Any
 from kombu import Connection
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
+from kombu.transport.virtual.base import QoS as VirtualQoS
 
 from app.config import Settings, get_settings
 
@@ -83,6 +84,20 @@ class _RedisQoS(kombu_redis.QoS):
             _UNRECORDED.append((message._raw, delivery["exchange"], delivery["routing_key"]))
             log.warning("a message was fetched but not recorded as unacknowledged: kept to push back")
             raise
+
+    def ack(self, delivery_tag: str) -> None:
+        # A task that finishes after its connection was lost (a Redis restart)
+        # is acknowledged on the old, closed channel; kombu then raises
+        # AttributeError from `_connparams`, which is not a connection error,
+        # and the worker dies ("Unrecoverable error", seen in fault 4). The
+        # message stays in Redis's unacked index: the restore scan hands it
+        # back after the visibility timeout, and its events are stored once.
+        channel: Any = self.channel  # kombu's Redis channel (typed as the virtual one)
+        if channel.connection is None:
+            log.warning("acknowledgement left to the visibility timeout: the channel's connection is closed")
+            VirtualQoS.ack(self, delivery_tag)  # forget it in this process only: no Redis call
+            return
+        super().ack(delivery_tag)
 
     def restore_visible(self, *args: Any, **kwargs: Any) -> Any:
         # Called at connect and every restore interval on the live connection.
