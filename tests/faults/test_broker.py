@@ -34,8 +34,9 @@ def test_redis_restart_workers_resume_consuming_and_health_says_so(
     redis = private_redis(persistence=PRODUCTION_PERSISTENCE)
     env = {"BROKER_URL": redis.url, "DATABASE_URL": pg_database.url, **PROBE}
     stream = Stream(env, pg_engine)
-    workers = [start_fault_worker(env, name=f"w{i}") for i in range(2)]
+    workers = [start_fault_worker(env, name=f"w{i}", wait=False) for i in range(2)]  # both start at once
     for worker in workers:
+        worker.wait_ready()
         wait_until(lambda w=worker: consuming(w), timeout=30, what="the worker's first probe")
     stream.publish_many(40)
     stream.wait_stored(20, timeout=60)
@@ -97,3 +98,41 @@ def test_closing_a_connection_already_dropped_after_a_broker_loss_does_not_kill_
         connection.transport.client = None  # what a close after a broker loss finds
         channel.close()  # raised AttributeError with kombu's own transport
         assert channel.closed
+
+
+def test_message_fetched_but_not_recorded_before_a_broker_loss_is_pushed_back(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kombu pops a message, then records it as unacknowledged in a second round trip; a loss between them lost it.
+
+    Seen in this suite's Redis restart (fault 4): "Couldn't ack" after
+    `qos.append` failed in `_brpop_read`, and events never stored. The
+    failure is injected in the second round trip; the message must come back.
+    """
+    import redis
+    from kombu import Connection
+    from kombu.transport import redis as kombu_redis
+
+    from app import broker
+
+    broker.use_robust_redis_transport()
+    queue = "unrecorded-test"
+    with Connection(redis_server.url) as connection:
+        simple = connection.SimpleQueue(queue)
+        simple.put({"x": 1})
+        channel = connection.default_channel
+
+        def lost(*_: object) -> None:
+            raise redis.exceptions.ConnectionError("Redis went away between the pop and the record")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(kombu_redis.QoS, "append", lost)
+            with pytest.raises(redis.exceptions.ConnectionError):
+                channel.basic_get(queue, no_ack=False)
+        assert channel.basic_get(queue, no_ack=True) is None  # popped: only this process holds it now
+        channel.qos.restore_visible()  # what the worker's restore timer runs once Redis answers
+        message = channel.basic_get(queue, no_ack=True)
+        assert message is not None
+        assert message.decode() == {"x": 1}
+        assert not broker._UNRECORDED
+        simple.close()

@@ -82,6 +82,10 @@ class Worker(LoggedProcess):
 
     def start(self, timeout: float = 60) -> Worker:
         self.start_process()
+        return self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 60) -> Worker:
+        """Wait for the started process's endpoint to answer (several workers can start at once, then wait)."""
         wait_until(self._ready, timeout=timeout, what=f"worker endpoint on {self.port} (log: {self.log_path})")
         return self
 
