@@ -12,6 +12,7 @@ from typing import Any
 
 from celery import Celery, signals
 
+from app import forksafe
 from app.config import get_settings
 from app.db.session import dispose_engines
 from app.metrics import definitions as m
@@ -60,9 +61,10 @@ class ConsumingProbe:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.app.send_task(
-                    PROBE_TASK, args=[str(self.path)], queue=self.queue, expires=self.interval * 3, retry=False
-                )
+                with forksafe.unit():  # kombu's pools and locks: never forked half-way (app.forksafe)
+                    self.app.send_task(
+                        PROBE_TASK, args=[str(self.path)], queue=self.queue, expires=self.interval * 3, retry=False
+                    )
             except Exception as exc:  # noqa: BLE001 - a broker down is what the probe reports; keep probing
                 log.warning("consuming probe not sent", extra={"error": type(exc).__name__})
             self._stop.wait(self.interval)

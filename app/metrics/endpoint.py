@@ -24,6 +24,7 @@ from app import __version__
 from app.broker import check_broker
 from app.config import Settings, get_settings
 from app.db.session import check_database
+from app.forksafe import ForkSafeRequests
 from app.logs import redact_json
 from app.metrics import counting
 from app.metrics.access import AUTHENTICATED, AccessControl, exposure_problem, tls_options
@@ -69,6 +70,9 @@ def create_api(settings: Settings | None = None) -> FastAPI:
     counting.initialise_fixed_series()  # this process's files: scrapes show 0 before the first event
     api = FastAPI(title="panic-metrics", version=__version__)
     api.add_middleware(AccessControl, settings=settings or get_settings())
+    # Outermost (added last): the request's thread work and its metric updates
+    # are never forked half-way into a pool child (app.forksafe).
+    api.add_middleware(ForkSafeRequests)
 
     @api.get("/metrics", response_class=Response, summary="Prometheus metrics of every worker process")
     def metrics() -> Response:

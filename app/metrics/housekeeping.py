@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from app import forksafe
 from app.metrics.multiproc import CompactionReport, compact, directory_stats, writable
 from app.store import resolve_attempt
 
@@ -77,7 +78,8 @@ class Housekeeper:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_seconds):
-            self.compact_now()
+            with forksafe.unit():  # it imports, locks and queries: never forked half-way (app.forksafe)
+                self.compact_now()
 
 
 class HousekeepingCollector(Collector):
