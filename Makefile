@@ -26,8 +26,11 @@ demo: $(STAMP)
 	$(BIN)/panic-metrics demo --rate 20
 
 ## test: lint, then the whole suite on real Redis and PostgreSQL (installed and started here)
+# Test files run in TEST_WORKERS parallel processes (each with its own Redis,
+# database and workers); TEST_WORKERS=0 runs them in this process, one by one.
+TEST_WORKERS ?= 3
 test: $(STAMP) lint services
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 ## test-fast: unit tests only, no services, no slow ones
 test-fast: $(STAMP)

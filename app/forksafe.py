@@ -67,6 +67,11 @@ class ForkGate:
                 self._condition.notify_all()
 
     @property
+    def fork_pending(self) -> bool:
+        """Whether a fork is waiting for units to end."""
+        return self._forking
+
+    @property
     def running(self) -> int:
         """Units of work running now, in every thread."""
         return self._running

@@ -199,7 +199,7 @@ def test_a_pending_fork_lets_running_units_finish_and_holds_new_ones_in_threads(
     inside.wait()
     fork = threading.Thread(target=forker)
     fork.start()
-    while not gate._forking:  # noqa: SLF001 - the test waits for the fork to be pending
+    while not gate.fork_pending:
         time.sleep(0.001)
     late = threading.Thread(target=late_unit)
     late.start()
