@@ -32,7 +32,8 @@ from app.db.session import session_scope
 from app.metrics import counting, pending
 from app.metrics.labels import LabelCaps
 from app.store import attempt_committed, insert_new, insert_rejections, lock_attempt, on_commit
-from panic_metrics_client.events import Event, InvalidEvent, parse_any_event, parse_event
+from panic_metrics_client.events import Event
+from panic_metrics_client.parsing import InvalidEvent, parse_any_event, parse_event
 
 log = logging.getLogger(__name__)
 

@@ -24,12 +24,12 @@ from panic_metrics_client.events import (
     Event,
     GaugeReportEvent,
     HttpRequestEvent,
-    InvalidEvent,
     NotificationEvent,
     PanicRequestEvent,
     PrankDetectionEvent,
     SubscriptionEvent,
 )
+from panic_metrics_client.parsing import InvalidEvent
 
 Labels = Mapping[str, str]
 
