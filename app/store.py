@@ -47,7 +47,11 @@ def insert_new(
 
     `stored_by` (the ingest attempt's token) is written into every new row.
     """
-    rows = [event_row(e, published_at=published_at, stored_by=stored_by) for e in events]
+    # In event_id order: each inserted row holds its unique-index entry until
+    # COMMIT, so two workers inserting overlapping ids in opposite orders would
+    # each wait for the other, and PostgreSQL would abort one as a deadlock.
+    ordered = sorted(events, key=lambda e: e.event_id)
+    rows = [event_row(e, published_at=published_at, stored_by=stored_by) for e in ordered]
     if session.get_bind().dialect.name == "postgresql":
         # A deliberate fast path beside app.db.upsert: one array per column,
         # so the statement text is the same for any batch size, and psycopg
