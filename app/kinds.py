@@ -10,10 +10,11 @@ with one that is new:
 - `moves`: the metrics of app.metrics.definitions it moves, with their labels
   and by how much.
 
-The store (`app.store.event_row`), the counting (`app.ingest` through
-`app.metrics.counting`) and the tasks (workers/tasks/events.py) read these;
-nothing else dispatches on the kind. A new kind is a model in the catalogue,
-a `Kind` below and a migration for any new column.
+The store (`app.store.event_row`) and the counting (`app.ingest` through
+`app.metrics.counting`) read these; the tasks (workers/tasks/events.py) are
+registered from the catalogue itself. Nothing else dispatches on the kind. A
+new kind is a model in the catalogue, a `Kind` below and a migration for any
+new column; a catalogue kind without exactly one `Kind` stops the import.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class Kind(Generic[E]):
     capped: tuple[str, ...]
     #: The metrics one new event moves, given the event and its capped label values.
     moves: Callable[[E, Labels], tuple[Move, ...]]
-    #: Columns whose field holds an enum, stored as its value (psycopg would dump an Enum's name).
+    #: Columns whose field holds an enum: the driver gets its value, a plain str, not an Enum to adapt.
     _enum_columns: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
