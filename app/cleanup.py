@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, exists, inspect, literal_column, or_, select, tuple_
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
 from app.aggregations.subscriptions import ENDING_ACTIONS
 from app.db.models import Base, DailyEventRollup, MetricEvent, RejectedEvent
+from app.db.upsert import insert_for
 from app.windows import as_utc
 
 SessionFactory = Callable[[], AbstractContextManager[Session]]
@@ -102,12 +102,11 @@ def rollups_of(rows: Iterable[Any]) -> dict[tuple[Any, ...], dict[str, Any]]:
 
 
 def _add_to_rollups(session: Session, rollups: dict[tuple[Any, ...], dict[str, Any]]) -> None:
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     keys = ("day", "kind", *DIMENSIONS)
     values = [dict(zip(keys, key, strict=True)) | measures for key, measures in rollups.items()]
     table = DailyEventRollup.__table__
     for first in range(0, len(values), _ROWS_PER_UPSERT):
-        statement = insert(DailyEventRollup).values(values[first : first + _ROWS_PER_UPSERT])
+        statement = insert_for(session, DailyEventRollup).values(values[first : first + _ROWS_PER_UPSERT])
         added = {name: table.c[name] + statement.excluded[name] for name in MEASURES}
         session.execute(statement.on_conflict_do_update(index_elements=list(keys), set_=added))
 

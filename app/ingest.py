@@ -28,11 +28,13 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
-from app.db.session import session_scope
+from app.db.session import on_commit, session_scope
+from app.kinds import kind_of
 from app.metrics import counting, pending
 from app.metrics.labels import LabelCaps
-from app.store import attempt_committed, insert_new, insert_rejections, lock_attempt, on_commit
-from panic_metrics_client.events import Event, InvalidEvent, parse_any_event, parse_event
+from app.store import attempt_committed, insert_new, insert_rejections, lock_attempt
+from panic_metrics_client.events import Event
+from panic_metrics_client.parsing import InvalidEvent, parse_any_event, parse_event
 
 log = logging.getLogger(__name__)
 
@@ -194,10 +196,12 @@ def store_and_count(
     new = [e for e in unique if e.event_id in inserted]
     duplicates = [e for e in unique if e.event_id not in inserted] + repeated
     kept = insert_rejections(session, rejections, message_id=message_id or str(uuid.uuid4()), stored_by=attempt.token)
-    caps = _label_caps()
+    kinds = [kind_of(event) for event in new]
+    raw = [kind.raw_labels(event) for kind, event in zip(kinds, new, strict=True)]
     stored_at = counting.now()
-    for event, labels in zip(new, counting.capped_labels(session, caps, new), strict=True):
-        counting.count_stored(attempt.tally, event, labels, published_at=published_at, stored_at=stored_at)
+    for event, kind, labels in zip(new, kinds, counting.capped_labels(session, _label_caps(), raw), strict=True):
+        moves = kind.moves(event, labels)
+        counting.count_stored(attempt.tally, event, moves, published_at=published_at, stored_at=stored_at)
     for event in duplicates:
         counting.count_duplicate(attempt.tally, event.kind)
         log.info("duplicate event", extra={"event_id": str(event.event_id), "kind": event.kind})

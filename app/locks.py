@@ -23,10 +23,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.db.models import ScheduledJobRun
+from app.db.upsert import insert_for
 from app.windows import as_utc
 
 
@@ -47,10 +47,8 @@ def claim_window(
     `retake_finished` is for an operator's explicit re-run of a done window;
     `lease_seconds` lets a run take over an unfinished claim older than that.
     """
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     inserted = session.execute(
-        insert(ScheduledJobRun)
+        insert_for(session, ScheduledJobRun)
         .values(job=job, window_start=window, started_at=now, finished_at=None, owner=owner[:200])
         .on_conflict_do_nothing(index_elements=["job", "window_start"])
         .returning(ScheduledJobRun.job)

@@ -37,11 +37,6 @@ def next_window_start(moment: datetime, seconds: int, offset_seconds: float = 0)
     return window_start(as_utc(moment) - offset, seconds) + timedelta(seconds=seconds) + offset
 
 
-def parse_window_start(value: str, seconds: int) -> datetime:
-    """An operator's `window_start` ("2026-11-24T12:00:00Z"; naive means UTC), aligned down."""
-    return window_start(datetime.fromisoformat(value), seconds)
-
-
 def recent_windows(*, now: datetime, seconds: int, count: int, grace_seconds: int = 0) -> list[datetime]:
     """The last `count` windows that ended at least `grace_seconds` before `now`, oldest first."""
     newest = window_start(as_utc(now) - timedelta(seconds=grace_seconds), seconds) - timedelta(seconds=seconds)

@@ -51,8 +51,8 @@ from sqlalchemy import create_engine, func, select
 
 from app.db.models import MetricEvent
 from panic_metrics_client import Client, ClientSettings
-from panic_metrics_client.events import parse_event
 from panic_metrics_client.messages import event_json
+from panic_metrics_client.parsing import parse_event
 from tests.support.db import migrate
 from tests.support.worker import Worker, total
 

@@ -28,10 +28,10 @@ from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, delete, func, literal_column, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from app.db.models import MetricEvent, PerformanceSnapshot
+from app.db.upsert import insert_for
 
 SubjectType = Literal["zone", "firm"]
 SUBJECT_TYPES: tuple[SubjectType, ...] = ("zone", "firm")
@@ -160,7 +160,6 @@ def save_snapshots(
     session: Session, *, subject_type: SubjectType, start: datetime, end: datetime, rows: Sequence[PerformanceRow]
 ) -> None:
     """Make `rows` the window's snapshots: upsert them, drop the window's other subjects."""
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     values = [
         {
             "subject_type": subject_type,
@@ -179,7 +178,7 @@ def save_snapshots(
         for row in rows
     ]
     for first in range(0, len(values), _ROWS_PER_STATEMENT):
-        statement = insert(PerformanceSnapshot).values(values[first : first + _ROWS_PER_STATEMENT])
+        statement = insert_for(session, PerformanceSnapshot).values(values[first : first + _ROWS_PER_STATEMENT])
         replaced = {
             key: statement.excluded[key] for key in values[0] if key not in ("subject_type", "subject", "window_start")
         }

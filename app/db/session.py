@@ -1,9 +1,10 @@
-"""Engines and sessions, one engine per process and database URL."""
+"""Engines and sessions, one engine per process and database URL; work run after a COMMIT."""
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from app.config import get_settings
+
+log = logging.getLogger(__name__)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
@@ -87,3 +90,24 @@ def check_database(engine: Engine | None = None) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - any failure means unreachable; the reason is reported
         return {"ok": False, "error": type(exc).__name__}
     return {"ok": True, "latency_seconds": round(time.perf_counter() - started, 4)}
+
+
+def on_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run `callback` once the session's transaction commits; never if it rolls back."""
+    session.info.setdefault("on_commit", []).append(callback)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_on_commit(session: Session) -> None:
+    # Every callback runs even if one fails: the transaction is committed and
+    # the message will be acknowledged, so skipping the rest would lose them.
+    for callback in session.info.pop("on_commit", []):
+        try:
+            callback()
+        except Exception:
+            log.exception("after-commit callback failed", extra={"callback": getattr(callback, "__qualname__", "")})
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_on_commit(session: Session) -> None:
+    session.info.pop("on_commit", None)

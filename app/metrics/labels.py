@@ -18,12 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from sqlalchemy import func, literal, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.config import Settings, get_settings
 from app.db.models import LabelValue
-from app.store import on_commit
+from app.db.session import on_commit
+from app.db.upsert import insert_for
 
 OTHER = "other"
 
@@ -77,9 +77,8 @@ class LabelCaps:
 def _admit(session: Session, dimension: str, value: str, cap: int) -> bool:
     room = select(func.count()).select_from(LabelValue).where(LabelValue.dimension == dimension).scalar_subquery() < cap
     source = select(literal(dimension), literal(value)).where(room)
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(insert(LabelValue).from_select(["dimension", "value"], source).on_conflict_do_nothing())
+    admit = insert_for(session, LabelValue).from_select(["dimension", "value"], source)
+    session.execute(admit.on_conflict_do_nothing())
     found = session.execute(
         select(LabelValue.value).where(LabelValue.dimension == dimension, LabelValue.value == value)
     ).first()

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from panic_metrics_client import InvalidEvent, PanicRequestEvent
 from panic_metrics_client.client import BURST_OVER
-from panic_metrics_client.events import parse_event
 from panic_metrics_client.messages import BATCH_TASK, TASK_OF_KIND, Message, batch_message, event_json, kind_of
+from panic_metrics_client.parsing import parse_event
 from panic_metrics_client.spool import Spool
 from tests.client.conftest import ClientFactory
 from tests.support.payloads import KINDS, RULES, sample_payload, valid_payload

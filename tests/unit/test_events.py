@@ -14,7 +14,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from pydantic_core.core_schema import ErrorType
 
-from panic_metrics_client.events import EVENT_KINDS, Event, InvalidEvent, parse_any_event, parse_event
+from panic_metrics_client.events import EVENT_KINDS, Event
+from panic_metrics_client.parsing import InvalidEvent, parse_any_event, parse_event
 from tests.support.payloads import KINDS, malformed_payload, sample_payload, valid_payload
 
 # Our own codes beside pydantic's error types: together a bounded label set.

@@ -18,7 +18,8 @@ from app.config import Settings
 from app.db.models import LabelValue, MetricEvent
 from app.ingest import reset_label_caps, store_and_count
 from app.metrics.labels import OTHER, LabelCaps
-from panic_metrics_client.events import Event, parse_event
+from panic_metrics_client.events import Event
+from panic_metrics_client.parsing import parse_event
 from tests.support.db import committing_factory, migrate
 from tests.support.services import PostgresDatabase, wait_until
 

@@ -1,66 +1,49 @@
 """Event tasks: the names and keyword arguments the platform's app code already calls.
 
-Each accepts its event's fields as keyword arguments (see panic_metrics_client.events for what
-each kind takes) and hands them to app.ingest; a bad payload is rejected there.
+One task per kind of the client's catalogue, under the name the client
+publishes it to (`panic_metrics.events.record_panic_request_metrics`, ...),
+plus `record_events` for batches. Each takes its event's fields as keyword
+arguments and hands them to app.ingest; a bad payload is rejected there.
+The seed's names are attributes of this module:
+`events.record_panic_request_metrics.delay(...)`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from celery import Task
+
+from panic_metrics_client.events import EVENT_KINDS, EVENT_MODELS
+from panic_metrics_client.messages import BATCH_TASK, TASK_OF_KIND
 from workers.celery_app import app
 from workers.tasks.base import EventTask
 
 
-@app.task(base=EventTask, bind=True, name="panic_metrics.events.record_panic_request_metrics")
-def record_panic_request_metrics(self: EventTask, /, **fields: Any) -> dict[str, int]:
-    """service_type, status, zone, firm_id=None, response_time=None (seconds)."""
-    return self.ingest([fields], kind="panic_request")
+def _fields_help(kind: str) -> str:
+    """`service_type, status, zone, firm_id=None, ...`: the fields of `kind` past the common ones."""
+    fields = EVENT_MODELS[kind].model_fields
+    own = (name for name in fields if name not in ("kind", "event_id", "occurred_at"))
+    return ", ".join(name if fields[name].is_required() else f"{name}={fields[name].default!r}" for name in own)
 
 
-@app.task(base=EventTask, bind=True, name="panic_metrics.events.record_auth_metrics")
-def record_auth_metrics(self: EventTask, /, **fields: Any) -> dict[str, int]:
-    """user_type, success, account_locked=False."""
-    return self.ingest([fields], kind="auth")
+def _event_task(kind: str) -> Task[..., dict[str, int]]:
+    def record(self: EventTask, /, **fields: Any) -> dict[str, int]:
+        return self.ingest([fields], kind=kind)
+
+    name = TASK_OF_KIND[kind]
+    record.__name__ = record.__qualname__ = name.rpartition(".")[2]
+    record.__doc__ = f"{EVENT_MODELS[kind].__doc__} Fields: {_fields_help(kind)}."
+    task: Task[..., dict[str, int]] = app.task(base=EventTask, bind=True, name=name)(record)
+    return task
 
 
-@app.task(base=EventTask, bind=True, name="panic_metrics.events.record_notification_metrics")
-def record_notification_metrics(self: EventTask, /, **fields: Any) -> dict[str, int]:
-    """channel, status, notification_type."""
-    return self.ingest([fields], kind="notification")
+#: kind -> its task, for every kind of the catalogue.
+EVENT_TASKS = {kind: _event_task(kind) for kind in EVENT_KINDS}
+globals().update({task.name.rpartition(".")[2]: task for task in EVENT_TASKS.values()})
 
 
-@app.task(base=EventTask, bind=True, name="panic_metrics.events.record_subscription_metrics")
-def record_subscription_metrics(self: EventTask, /, **fields: Any) -> dict[str, int]:
-    """subscription_id, plan, action, amount=None, currency=None, expires_at=None."""
-    return self.ingest([fields], kind="subscription")
-
-
-@app.task(base=EventTask, bind=True, name="panic_metrics.events.record_credit_transaction_metrics")
-def record_credit_transaction_metrics(self: EventTask, /, **fields: Any) -> dict[str, int]:
-    """customer_id, type, credits, amount=None."""
-    return self.ingest([fields], kind="credit_transaction")
-
-
-@app.task(base=EventTask, bind=True, name="panic_metrics.events.record_prank_detection_metrics")
-def record_prank_detection_metrics(self: EventTask, /, **fields: Any) -> dict[str, int]:
-    """request_id, zone, detector, firm_id=None."""
-    return self.ingest([fields], kind="prank_detection")
-
-
-@app.task(base=EventTask, bind=True, name="panic_metrics.events.record_http_request_metrics")
-def record_http_request_metrics(self: EventTask, /, **fields: Any) -> dict[str, int]:
-    """method, endpoint (route template), status, duration (seconds)."""
-    return self.ingest([fields], kind="http_request")
-
-
-@app.task(base=EventTask, bind=True, name="panic_metrics.events.record_gauge_report")
-def record_gauge_report(self: EventTask, /, **fields: Any) -> dict[str, int]:
-    """source="web", websocket_connections=None, cache_hits=0, cache_misses=0."""
-    return self.ingest([fields], kind="gauge_report")
-
-
-@app.task(base=EventTask, bind=True, name="panic_metrics.events.record_events")
+@app.task(base=EventTask, bind=True, name=BATCH_TASK)
 def record_events(self: EventTask, /, events: Any) -> dict[str, int]:
     """Many events of any kinds, each a dict with its `kind`: the fast path, one INSERT."""
     return self.ingest(events if isinstance(events, list) else [events], kind=None)

@@ -20,13 +20,13 @@ from panic_metrics_client.events import (
     Event,
     GaugeReportEvent,
     HttpRequestEvent,
-    InvalidEvent,
     NotificationEvent,
     PanicRequestEvent,
     PrankDetectionEvent,
     SubscriptionEvent,
 )
 from panic_metrics_client.middleware import PanicMetricsMiddleware
+from panic_metrics_client.parsing import InvalidEvent
 from panic_metrics_client.settings import ClientSettings
 from panic_metrics_client.state import configure, get_client
 from panic_metrics_client.tasks import (

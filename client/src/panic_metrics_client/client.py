@@ -26,9 +26,10 @@ from collections.abc import Iterable, Mapping
 from types import FrameType
 from typing import Any
 
-from panic_metrics_client.events import Event, GaugeReportEvent, InvalidEvent, parse_any_event, parse_event
+from panic_metrics_client.events import Event, GaugeReportEvent
 from panic_metrics_client.messages import Message, batch_message, event_json, event_message, kind_of
 from panic_metrics_client.metrics import metrics_for
+from panic_metrics_client.parsing import InvalidEvent, parse_any_event, parse_event
 from panic_metrics_client.settings import ClientSettings
 from panic_metrics_client.spool import Spool
 from panic_metrics_client.transport import Publisher
