@@ -17,12 +17,12 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, create_engine, insert
 from sqlalchemy.orm import Session
 
-from app.api import engine_dependency, settings_dependency
 from app.cleanup import MEASURES
 from app.config import Settings, get_settings
 from app.db.models import DailyEventRollup, PerformanceSnapshot
+from app.http.dependencies import engine_dependency, settings_dependency
+from app.http.server import create_api
 from app.metrics import definitions as m
-from app.metrics.endpoint import create_api
 from tests.support.metric_rows import insert_rows, row
 from tests.support.services import free_port, wait_until
 from tests.support.worker import scrape
