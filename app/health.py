@@ -35,7 +35,7 @@ from app.broker import check_broker, transport_options
 from app.config import Settings
 from app.db.session import check_database
 from app.metrics import definitions as m
-from panic_metrics_client.messages import QUEUES
+from panic_metrics_client.messages import PUBLISHED_AT_HEADER, QUEUES
 
 #: The queues the worker consumes (the client's contract names them).
 DEFAULT_QUEUES = QUEUES
@@ -156,9 +156,9 @@ def redis_stats(url: str, ca_file: Path | None = None) -> RedisStats | None:
 
 
 def _published_age(raw: bytes | None, now: float) -> float | None:
-    # Our before_task_publish handler stamps `published_at` in every message's headers.
+    # The client and our before_task_publish handler stamp every message's headers with the publish time.
     try:
-        stamp = json.loads(raw or b"null")["headers"]["published_at"]
+        stamp = json.loads(raw or b"null")["headers"][PUBLISHED_AT_HEADER]
     except (ValueError, KeyError, TypeError):
         return None
     return max(0.0, now - float(stamp)) if isinstance(stamp, int | float) else None
