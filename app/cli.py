@@ -8,6 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+# First: it points prometheus_client at the multiprocess directory before anything imports it.
+import app.metrics  # noqa: F401
+
 
 def _migrate(_: argparse.Namespace) -> int:
     from alembic import command
@@ -20,8 +23,8 @@ def _migrate(_: argparse.Namespace) -> int:
 
 def _serve_metrics(args: argparse.Namespace) -> int:
     from app.config import get_settings
+    from app.http.server import serve_forever
     from app.logs import configure_logging
-    from app.metrics.endpoint import serve_forever
 
     settings = get_settings()
     configure_logging(settings.log_level)

@@ -10,8 +10,6 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from panic_metrics_client.events import set_max_clock_skew
-
 VAR_DIR = Path("var")
 
 
@@ -247,6 +245,11 @@ def load_settings() -> Settings:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, read on first use."""
+    # Imported here, not at the top: the client package imports prometheus_client,
+    # and reading the settings must not, so that app.metrics can still point
+    # prometheus_client at the multiprocess directory first.
+    from panic_metrics_client.events import set_max_clock_skew
+
     settings = load_settings()
     # The catalogue lives in the client distribution, which reads no worker settings.
     set_max_clock_skew(settings.max_clock_skew_seconds)

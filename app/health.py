@@ -35,9 +35,10 @@ from app.broker import check_broker, transport_options
 from app.config import Settings
 from app.db.session import check_database
 from app.metrics import definitions as m
+from panic_metrics_client.messages import PUBLISHED_AT_HEADER, QUEUES
 
-#: The queues workers/celery_app.py declares (app/ does not import Celery).
-DEFAULT_QUEUES = ("events", "scheduled")
+#: The queues the worker consumes (the client's contract names them).
+DEFAULT_QUEUES = QUEUES
 # kombu's Redis transport keeps priorities 3, 6 and 9 in sub-lists named
 # `<queue>\x06\x16<priority>`; priority 0 is the queue's own list.
 _REDIS_PRIORITY_SEPARATOR = "\x06\x16"
@@ -84,6 +85,8 @@ class HealthReport:
     redis_address: str | None = None
     #: Probes that failed, besides dependencies that are down.
     failed_probes: tuple[str, ...] = ()
+    #: What the broker and the database answered (`ok`, and the error when not).
+    checks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def healthy(self) -> bool:
@@ -153,9 +156,9 @@ def redis_stats(url: str, ca_file: Path | None = None) -> RedisStats | None:
 
 
 def _published_age(raw: bytes | None, now: float) -> float | None:
-    # Our before_task_publish handler stamps `published_at` in every message's headers.
+    # The client and our before_task_publish handler stamp every message's headers with the publish time.
     try:
-        stamp = json.loads(raw or b"null")["headers"]["published_at"]
+        stamp = json.loads(raw or b"null")["headers"][PUBLISHED_AT_HEADER]
     except (ValueError, KeyError, TypeError):
         return None
     return max(0.0, now - float(stamp)) if isinstance(stamp, int | float) else None
@@ -242,6 +245,7 @@ def collect_health(*, settings: Settings, engine: Engine, queues: tuple[str, ...
         queues=dict.fromkeys(queues) if found is None else dict(found),
         redis_address=redis_address(redis_url) if redis_url else None,
         failed_probes=tuple(failed),
+        checks=checks,
     )
 
 

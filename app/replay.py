@@ -17,11 +17,7 @@ from celery import Celery
 from app.broker import transport_options
 from app.config import Settings, get_settings
 from app.dead_letters import Publish
-
-#: The batch task and its queue, as workers/celery_app.py routes them.
-RECORD_EVENTS = "panic_metrics.events.record_events"
-EVENTS_QUEUE = "events"
-PUBLISHED_AT_HEADER = "published_at"
+from panic_metrics_client.messages import BATCH_TASK, EVENTS_QUEUE, PUBLISHED_AT_HEADER
 
 
 @contextmanager
@@ -39,7 +35,7 @@ def broker_publisher(settings: Settings | None = None) -> Iterator[Publish]:
     def publish(events: list[Any], published_at: float | None) -> None:
         headers = {PUBLISHED_AT_HEADER: published_at} if published_at is not None else {}
         celery.send_task(
-            RECORD_EVENTS,
+            BATCH_TASK,
             kwargs={"events": events},
             queue=EVENTS_QUEUE,
             routing_key=EVENTS_QUEUE,

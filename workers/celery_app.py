@@ -1,4 +1,9 @@
-"""The Celery app: configuration, queues, routing and the signals that feed metrics."""
+"""The Celery app: configuration (every task setting), queues, routing and the publish-side signals.
+
+The entry point of `celery -A workers.celery_app`: it imports app.metrics
+first, which points prometheus_client at the multiprocess directory before
+anything else imports it.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +13,24 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Exchange, Queue
 
+import app.metrics as _metrics  # noqa: F401 - first of the app's imports: see the docstring
 from app.broker import redis_ssl_options, transport_options, use_robust_redis_transport
 from app.config import Settings, get_settings
 from app.logs import configure_logging
 from beat_schedule import build_beat_schedule
-from panic_metrics_client.messages import TASK_PREFIX, masked_repr
-
-EVENTS_QUEUE = "events"
-SCHEDULED_QUEUE = "scheduled"
-PUBLISHED_AT_HEADER = "published_at"
+from panic_metrics_client.messages import EVENTS_QUEUE, PUBLISHED_AT_HEADER, SCHEDULED_QUEUE, TASK_PREFIX, masked_repr
 
 
 def create_app(settings: Settings | None = None) -> Celery:
     """Build the Celery app from settings."""
     settings = settings or get_settings()
     use_robust_redis_transport()
-    celery = Celery("panic_metrics", include=["workers.tasks.events", "workers.tasks.scheduled", "workers.lifecycle"])
+    celery = Celery(
+        "panic_metrics",
+        # Every task's base: run time, retries and failures (workers/tasks/base.py).
+        task_cls="workers.tasks.base:MetricsTask",
+        include=["workers.tasks.events", "workers.tasks.scheduled", "workers.lifecycle"],
+    )
     celery.conf.update(
         broker_url=settings.broker_url,
         broker_transport_options=transport_options(settings),
@@ -36,8 +43,10 @@ def create_app(settings: Settings | None = None) -> Celery:
         result_accept_content=["json"],
         task_ignore_result=True,
         result_backend=None,
-        # Ack after the event is stored; a killed worker's messages are redelivered
-        # and the unique event_id keeps them from being counted twice.
+        # Every task setting is here, for every task. Ack after the event is
+        # stored; a killed worker's messages are redelivered and the unique
+        # event_id keeps them from being counted twice. A scheduled job lost
+        # mid-run is redelivered too; its window claim skips what was done.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=settings.worker_prefetch_multiplier,

@@ -1,4 +1,4 @@
-"""Worker signals: the multiprocess directory, the endpoint thread, task metrics."""
+"""Worker signals: the multiprocess directory, the endpoint thread, the consuming probe."""
 
 from __future__ import annotations
 
@@ -15,16 +15,14 @@ from celery import Celery, signals
 from app import forksafe
 from app.config import get_settings
 from app.db.session import dispose_engines
-from app.metrics import definitions as m
-from app.metrics import endpoint
-from app.metrics.endpoint import EndpointServer, housekeeper, multiproc_dir, refuse_unsafe_exposure
+from app.http.server import EndpointServer, housekeeper, refuse_unsafe_exposure
+from app.metrics import multiproc_dir
 from app.metrics.multiproc import wipe_directory
 from workers.celery_app import app
 
 log = logging.getLogger(__name__)
 
 _endpoint: EndpointServer | None = None
-_task_started: dict[str, float] = {}
 
 PROBE_TASK = "panic_metrics.consuming_probe"
 
@@ -86,7 +84,7 @@ class ConsumingProbe:
 _probe: ConsumingProbe | None = None
 
 
-@app.task(name=PROBE_TASK, ignore_result=True)
+@app.task(name=PROBE_TASK)
 def consuming_probe(path: str) -> None:
     """Touch the worker's probe file: this worker consumed and ran a message just now."""
     Path(path).touch()
@@ -105,7 +103,6 @@ def _consume_probe_queue(sender: str | None = None, instance: Any = None, **_: A
 @signals.worker_ready.connect
 def _start_probe(**_: Any) -> None:
     if _probe is not None:
-        endpoint.consuming_check = _probe.status
         _probe.start()
 
 
@@ -143,7 +140,8 @@ def _start_endpoint(**_: Any) -> None:
         # Pool children come and go (max_tasks_per_child, crashes): merge the
         # files of the dead ones so scrape time and disk stay flat.
         housekeeper().start()
-        _endpoint = EndpointServer(settings.metrics_host, settings.metrics_port)
+        consuming = _probe.status if _probe is not None else None
+        _endpoint = EndpointServer(settings.metrics_host, settings.metrics_port, consuming=consuming)
         _endpoint.start()
         log.info("metrics endpoint started", extra={"host": settings.metrics_host, "port": settings.metrics_port})
 
@@ -159,28 +157,3 @@ def _stop_endpoint(**_: Any) -> None:
 def _fresh_connections(**_: Any) -> None:
     # A forked child must not share the parent's pooled database connections.
     dispose_engines()
-
-
-@signals.task_prerun.connect
-def _task_started_at(task_id: str | None = None, **_: Any) -> None:
-    if task_id:
-        _task_started[task_id] = time.perf_counter()
-
-
-@signals.task_postrun.connect
-def _task_finished(task_id: str | None = None, task: Any = None, **_: Any) -> None:
-    started = _task_started.pop(task_id or "", None)
-    if started is not None and task is not None:
-        m.TASK_DURATION.labels(task=task.name).observe(time.perf_counter() - started)
-
-
-@signals.task_failure.connect
-def _task_failed(sender: Any = None, **_: Any) -> None:
-    if sender is not None:
-        m.TASK_FAILURES.labels(task=sender.name).inc()
-
-
-@signals.task_retry.connect
-def _task_retried(sender: Any = None, **_: Any) -> None:
-    if sender is not None:
-        m.TASK_RETRIES.labels(task=sender.name).inc()

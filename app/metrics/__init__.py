@@ -1,27 +1,52 @@
-"""Metric definitions, the multiprocess registry and the HTTP endpoint.
+"""Metrics: definitions, counting, the multiprocess directory and its exposition (no HTTP here).
 
-prometheus_client picks its multiprocess value class when it is first
-imported, from PROMETHEUS_MULTIPROC_DIR, so this package sets that variable
-from the settings before anything below imports prometheus_client.
+prometheus_client picks its value class once, when `prometheus_client.values`
+is first imported, from PROMETHEUS_MULTIPROC_DIR: imported before the
+variable is set, every metric of the process lives in its own memory and
+never reaches the directory, silently. So the entry points (the Celery app
+module, the `panic-metrics` command) import this package before anything
+that imports prometheus_client (the client package does), this package sets
+the variable from the settings when the environment has not, and it refuses
+to load in a process where prometheus_client was imported without it.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-from app.config import get_settings
+from app.config import load_settings
 from app.metrics.guards import take_lease  # no prometheus_client import there
+
+MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiproc_dir() -> Path:
+    """The directory every worker process of this host writes its metrics to."""
+    return Path(os.environ[MULTIPROC_DIR_VARIABLE])
+
+
+def _refuse_single_process_values() -> None:
+    values = sys.modules.get("prometheus_client.values")
+    if values is not None and values.ValueClass is values.MutexValue:
+        raise RuntimeError(
+            "prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set, so this process's "
+            "metrics would never reach the multiprocess directory: set PROMETHEUS_MULTIPROC_DIR, or import "
+            "app.metrics first in the entry point"
+        )
 
 
 def _point_prometheus_client_at_the_directory() -> None:
-    directory = os.environ.setdefault(
-        "PROMETHEUS_MULTIPROC_DIR", str(get_settings().prometheus_multiproc_dir.resolve())
-    )
-    Path(directory).mkdir(parents=True, exist_ok=True)
+    if MULTIPROC_DIR_VARIABLE not in os.environ:
+        # load_settings, not get_settings: the latter imports the client package, and with it prometheus_client.
+        os.environ[MULTIPROC_DIR_VARIABLE] = str(load_settings().prometheus_multiproc_dir.resolve())
+    _refuse_single_process_values()
+    directory = multiproc_dir()
+    directory.mkdir(parents=True, exist_ok=True)
     # Before any metric file of this process exists: a compactor may merge a
     # process's files only once it can take this lease (app.metrics.guards).
-    take_lease(Path(directory))
+    take_lease(directory)
 
 
 _point_prometheus_client_at_the_directory()

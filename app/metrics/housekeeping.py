@@ -1,8 +1,9 @@
 """Keeps the multiprocess directory small while the worker runs, and reports on it.
 
 A daemon thread in the worker's main process (or in the standalone endpoint)
-merges the files of dead pool children every few seconds; the endpoint
-exports what the directory costs, so an alert can fire before a scrape times out.
+merges the files of dead pool children every few seconds; `scrape` exports
+what the directory costs beside the metrics, so an alert can fire before a
+scrape times out.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from app import forksafe
-from app.metrics.multiproc import CompactionReport, compact, directory_stats, writable
-from app.store import resolve_attempt
+from app.metrics import pending
+from app.metrics.multiproc import CompactionReport, collect_registry, compact, directory_stats, writable
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +29,12 @@ log = logging.getLogger(__name__)
 class Housekeeper:
     """Compacts one multiprocess directory on an interval and counts what it did."""
 
-    def __init__(self, path: Path, interval_seconds: float) -> None:
+    def __init__(self, path: Path, interval_seconds: float, *, resolve: pending.Resolver | None = None) -> None:
         self.path = path
         self.interval_seconds = interval_seconds
+        # Whether a dead child's attempt committed: the store answers (app.store.resolve_attempt),
+        # handed in by whoever builds the keeper, as the metrics layer imports no service.
+        self.resolve = resolve
         self.compactions = 0
         self.merged_processes = 0
         self.failures = 0
@@ -43,7 +48,7 @@ class Housekeeper:
         """Merge dead processes' files now; never raises (a failure is logged and counted)."""
         with self._lock:
             try:
-                report = compact(self.path, resolve=resolve_attempt)
+                report = compact(self.path, resolve=self.resolve)
             except Exception:
                 self.failures += 1
                 log.exception("multiprocess compaction failed", extra={"path": str(self.path)})
@@ -122,6 +127,11 @@ class HousekeepingCollector(Collector):
         )
 
 
-def timed(housekeeper: Housekeeper, started: float) -> None:
-    """Record the duration of a scrape that began at `started` (time.perf_counter)."""
+def scrape(housekeeper: Housekeeper) -> bytes:
+    """The text exposition of every process's metrics, from a fresh registry, and the directory's own."""
+    started = time.perf_counter()
+    registry = collect_registry(housekeeper.path)
+    registry.register(HousekeepingCollector(housekeeper))
+    body = generate_latest(registry)
     housekeeper.last_scrape_seconds = time.perf_counter() - started
+    return body

@@ -3,7 +3,7 @@
 By the book (prometheus_client's multiprocess docs): the worker's main
 process wipes the directory before the pool starts, and every scrape reads it
 through a fresh registry. On top of that, ``compact`` (see
-``app.metrics.compaction``) folds the files of dead children into an archive,
+``app.metrics.compaction`` and ``app.metrics.archive``) folds the files of dead children into an archive,
 and scrapes read under a shared lock so that they never see half a merge.
 """
 
@@ -20,16 +20,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from app.metrics.compaction import (
-    JOURNAL_NAME,
-    TMP_SUFFIX,
-    CompactionReport,
-    archive_name,
-    compact,
-    db_files,
-    partials_name,
-    recover_locked,
-)
+from app.metrics.archive import JOURNAL_NAME, TMP_SUFFIX, archive_name, db_files, partials_name, recover_locked
+from app.metrics.compaction import CompactionReport, compact
 from app.metrics.exact import ADDITIVE_PREFIXES, PARTIALS_SUFFIX, accumulate, add_archived, read_metrics, read_partials
 from app.metrics.guards import directory_lock, pid_alive
 from app.metrics.pending import PREFIX as PENDING_PREFIX

@@ -14,9 +14,9 @@ from sqlalchemy import create_engine
 
 from app.config import get_settings
 from app.db.session import session_scope
+from app.http.server import EndpointServer
 from app.jobs import refresh_health
 from app.logs import MASK, configure_logging, redact, redact_json, url_secrets
-from app.metrics.endpoint import EndpointServer
 from tests.support.services import free_port
 
 BROKER_PASSWORD = "brokerpw-7Qz!x"

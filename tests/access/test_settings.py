@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
 from app.config import Settings
-from app.metrics.access import credentials_valid, exposure_problem, is_loopback
+from app.http.access import credentials_valid, exposure_problem, is_loopback
 from tests.support.processes import ROOT
 
 # Tokens and passwords as operators make them: any printable text without spaces at the ends.

@@ -24,7 +24,7 @@ from prometheus_client import Counter, Gauge, Histogram, Summary, values
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from app.metrics.compaction import parse_db_name
+from app.metrics.archive import parse_db_name
 
 GAUGE_MODES = (
     "all",

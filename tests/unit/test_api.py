@@ -17,12 +17,12 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, create_engine, insert
 from sqlalchemy.orm import Session
 
-from app.api import engine_dependency, settings_dependency
 from app.cleanup import MEASURES
 from app.config import Settings, get_settings
 from app.db.models import DailyEventRollup, PerformanceSnapshot
+from app.http.dependencies import engine_dependency, settings_dependency
+from app.http.server import create_api
 from app.metrics import definitions as m
-from app.metrics.endpoint import create_api
 from tests.support.metric_rows import insert_rows, row
 from tests.support.services import free_port, wait_until
 from tests.support.worker import scrape
@@ -297,3 +297,32 @@ def test_openapi_describes_every_route(serve: Serve) -> None:
     }
     parameters = {p["name"] for p in spec["paths"]["/api/v1/metrics/performance"]["get"]["parameters"]}
     assert parameters == {"firm_id", "zone", "hours"}
+
+
+def test_health_is_one_answer_at_both_paths(serve: Serve) -> None:
+    """/health and /api/v1/metrics/health give the same answer: the host's checks and the refresh's report."""
+    base = serve()
+    answers = [httpx.get(f"{base}{path}") for path in ("/health", "/api/v1/metrics/health")]
+
+    assert [answer.status_code for answer in answers] == [200, 200]
+    bodies = [answer.json() for answer in answers]
+    assert bodies[0].keys() == bodies[1].keys()
+    assert set(bodies[0]["checks"]) == {"broker", "database", "metrics_directory"}
+    assert bodies[0]["dependencies"] == {"broker": True, "database": True}
+    assert bodies[0]["status"] == bodies[1]["status"] == "ok"
+
+
+def test_bare_health_answers_its_status_only_and_the_details_need_credentials(
+    serve: Serve, embedded_settings: Settings
+) -> None:
+    """With a token configured, /health without it is `{"status": ...}`; with it, the checks and the report."""
+    base = serve(settings=embedded_settings.model_copy(update={"metrics_auth_token": SecretStr("s3cret")}))
+
+    bare = httpx.get(f"{base}/health")
+    detailed = httpx.get(f"{base}/health", headers={"Authorization": "Bearer s3cret"})
+
+    assert bare.status_code == 200
+    assert bare.json() == {"status": "ok"}
+    assert detailed.status_code == 200
+    assert set(detailed.json()) >= {"status", "version", "checks", "dependencies", "queues"}
+    assert httpx.get(f"{base}/api/v1/metrics/health").status_code == 401

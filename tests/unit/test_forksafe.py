@@ -151,25 +151,23 @@ def test_the_compactor_works_inside_a_unit(monkeypatch: pytest.MonkeyPatch, tmp_
 
 
 def test_every_endpoint_request_is_a_unit(monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.metrics import endpoint
+    from app.http import server
 
     seen: list[int] = []
 
-    def broker() -> dict[str, object]:
+    def scrape(_keeper: object) -> bytes:
         seen.append(forksafe.running_units())
-        return {"ok": True}
+        return b""
 
-    monkeypatch.setattr(endpoint, "check_broker", broker)
-    monkeypatch.setattr(endpoint, "check_database", lambda: {"ok": True})
+    monkeypatch.setattr(server, "scrape", scrape)
 
-    async def get_health() -> int:
-        transport = httpx.ASGITransport(app=endpoint.create_api())
+    async def get_metrics() -> int:
+        transport = httpx.ASGITransport(app=server.create_api())
         async with httpx.AsyncClient(transport=transport, base_url="http://endpoint") as client:
-            return (await client.get("/health")).status_code
+            return (await client.get("/metrics")).status_code
 
-    assert asyncio.run(get_health()) in (200, 503)
-    assert seen
-    assert min(seen) >= 1
+    assert asyncio.run(get_metrics()) == 200
+    assert seen == [1]
     assert forksafe.running_units() == 0
 
 

@@ -15,7 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from app.metrics.compaction import MERGE_RULES
+from app.metrics.archive import MERGE_RULES
 from app.metrics.multiproc import (
     collect_registry,
     compact,

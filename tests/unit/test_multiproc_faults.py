@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from app.metrics import compaction
+from app.metrics import archive
 from app.metrics.multiproc import collect_registry, compact, recover
 from tests.unit.multiproc_helpers import (
     FIRST_FAKE_PID,
@@ -60,11 +60,11 @@ def merge_steps(baseline: Path, tmp_path: Path) -> list[str]:
     dry_run = tmp_path / "dry-run"
     shutil.copytree(baseline, dry_run)
     steps: list[str] = []
-    compaction._fault_hook = steps.append
+    archive._fault_hook = steps.append
     try:
         compact(dry_run, is_alive=is_alive)
     finally:
-        compaction._fault_hook = None
+        archive._fault_hook = None
     return steps
 
 
@@ -79,10 +79,10 @@ def crash_at(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int], None]]
             if next(calls, n + 1) == n:
                 raise Crash(step)
 
-        monkeypatch.setattr(compaction, "_fault_hook", hook)
+        monkeypatch.setattr(archive, "_fault_hook", hook)
 
     yield arm
-    monkeypatch.setattr(compaction, "_fault_hook", None)
+    monkeypatch.setattr(archive, "_fault_hook", None)
 
 
 def test_merge_passes_every_step_that_can_be_interrupted(
@@ -114,7 +114,7 @@ def test_merge_interrupted_at_any_step_neither_loses_nor_double_counts(
         crash_at(n)
         with pytest.raises(Crash):
             compact(directory, is_alive=is_alive)
-        monkeypatch.setattr(compaction, "_fault_hook", None)
+        monkeypatch.setattr(archive, "_fault_hook", None)
 
         if then == "recover":
             recover(directory)
@@ -154,7 +154,7 @@ def test_recovery_interrupted_at_any_step_is_finished_by_the_next(
         crash_at(n)
         with pytest.raises(Crash):
             recover(directory)
-        monkeypatch.setattr(compaction, "_fault_hook", None)
+        monkeypatch.setattr(archive, "_fault_hook", None)
 
         recover(directory)
 
@@ -178,7 +178,7 @@ def test_every_intermediate_state_is_hidden_from_scrapes(
             os.close(fd)
         checked.append(step)
 
-    monkeypatch.setattr(compaction, "_fault_hook", scrape_would_block)
+    monkeypatch.setattr(archive, "_fault_hook", scrape_would_block)
     compact(directory, is_alive=is_alive)
 
     assert checked[-1] == "journal_removed"
@@ -198,7 +198,7 @@ def test_source_file_of_a_reused_pid_survives_recovery(
     crash_at(steps.index("journal_committed"))
     with pytest.raises(Crash):
         compact(directory, is_alive=is_alive)
-    monkeypatch.setattr(compaction, "_fault_hook", None)
+    monkeypatch.setattr(archive, "_fault_hook", None)
     reused = directory / f"counter_{NEW_DEAD[0]}.db"
     reused.unlink()
     run_child(directory, NEW_DEAD[0], Clock(), seed=99, gauge_modes=())
@@ -220,7 +220,7 @@ COMPACTOR_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from app.metrics import compaction
+    from app.metrics import archive, compaction
 
     directory, kill_at = Path(sys.argv[1]), sys.argv[2]
 
@@ -228,7 +228,7 @@ COMPACTOR_SCRIPT = textwrap.dedent(
         if step.startswith(kill_at):
             os.kill(os.getpid(), signal.SIGKILL)
 
-    compaction._fault_hook = hook
+    archive._fault_hook = hook
     compaction.compact(directory)
     """
 )

@@ -1,14 +1,20 @@
-"""The base of every event task: retries, dead letters and event ids, in one place."""
+"""The base of every task (run time, retries, failures) and of every event task (retries, dead letters, event ids).
+
+Delivery settings (acks_late, reject_on_worker_lost, time limits, results)
+are the Celery app's configuration (workers/celery_app.py), for every task
+at once; what a task does around its body lives here, in one class.
+"""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import Retry, SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 
 from app.config import get_settings
@@ -32,13 +38,48 @@ def with_event_ids(payloads: Sequence[Any], task_id: str) -> list[Any]:
     ]
 
 
-class EventTask(Task):  # type: ignore[type-arg]
+class MetricsTask(Task):  # type: ignore[type-arg]
+    """Every task of the app (its `task_cls`): run time, retries and failures counted under the task's name.
+
+    Subclasses add their own bookkeeping of a run through `run_succeeded`
+    and `run_failed` (scheduled jobs record their last success there).
+    """
+
+    abstract = True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            result = super().__call__(*args, **kwargs)
+        except Retry:
+            raise  # not a failure: counted by on_retry
+        except Exception:
+            self.run_failed()
+            raise
+        finally:
+            m.TASK_DURATION.labels(task=self.name).observe(time.perf_counter() - started)
+        self.run_succeeded(time.perf_counter() - started)
+        return result
+
+    def run_succeeded(self, seconds: float) -> None:
+        """Called after a run that returned, with its duration; nothing by default."""
+
+    def run_failed(self) -> None:
+        """Called after a run that raised (not a retry); nothing by default."""
+
+    def on_retry(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:  # noqa: ARG002 - Celery's signature
+        """A retry scheduled (the database unreachable): counted."""
+        m.TASK_RETRIES.labels(task=self.name).inc()
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:  # noqa: ARG002 - Celery's signature
+        """A run failed for good: counted (in the child, or in the main process at a hard time limit)."""
+        m.TASK_FAILURES.labels(task=self.name).inc()
+
+
+class EventTask(MetricsTask):
     """Validate, store and count payloads; retry while the database is down."""
 
     abstract = True
-    acks_late = True
-    reject_on_worker_lost = True
-    ignore_result = True
     typing = False  # the payload model validates arguments, in the worker
 
     def ingest(self, payloads: Sequence[Any], *, kind: str | None) -> dict[str, int]:
@@ -66,8 +107,9 @@ class EventTask(Task):  # type: ignore[type-arg]
         finally:
             forget_delivery(delivery)
 
-    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:  # noqa: ARG002 - Celery's signature
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         """A failed message is acknowledged by Celery: keep its arguments in quarantine, with the reason."""
+        super().on_failure(exc, task_id, args, kwargs, einfo)
         # Failures here are bugs (an error other than the database being
         # unreachable) or a child killed at the hard time limit (Celery calls
         # this in the main process then); either way the message is gone once

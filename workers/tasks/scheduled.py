@@ -12,25 +12,23 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from celery import Task
-
 from app import jobs
 from app.metrics import definitions as m
-from app.metrics.endpoint import multiproc_dir
-from workers.celery_app import EVENTS_QUEUE, SCHEDULED_QUEUE, app
+from app.metrics import multiproc_dir
+from panic_metrics_client.messages import QUEUES
+from workers.celery_app import app
+from workers.tasks.base import MetricsTask
 
-QUEUES = (EVENTS_QUEUE, SCHEDULED_QUEUE)
 
+class ScheduledTask(MetricsTask):
+    """Records each run's duration, last success and failures under the job's name.
 
-class ScheduledTask(Task):  # type: ignore[type-arg]
-    """Records each run's duration, last success and failures under the job's name."""
+    Like every task it is acks_late (the app's configuration): a worker lost
+    mid-job has its message redelivered, and the window claim makes the
+    second delivery skip what the first finished.
+    """
 
     abstract = True
-    # A worker lost mid-job has its message redelivered; the window claim
-    # makes the second delivery skip what the first finished.
-    acks_late = True
-    reject_on_worker_lost = True
-    ignore_result = True
 
     @property
     def job(self) -> str:
@@ -46,16 +44,14 @@ class ScheduledTask(Task):  # type: ignore[type-arg]
         stamp = getattr(self.request, "published_at", None)
         return datetime.fromtimestamp(stamp, UTC) if isinstance(stamp, int | float) else None
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            result = super().__call__(*args, **kwargs)
-        except Exception:
-            m.JOB_FAILURES.labels(job=self.job).inc()
-            raise
-        m.JOB_DURATION.labels(job=self.job).set(time.perf_counter() - started)
+    def run_succeeded(self, seconds: float) -> None:
+        """The job's duration and last success."""
+        m.JOB_DURATION.labels(job=self.job).set(seconds)
         m.JOB_LAST_SUCCESS.labels(job=self.job).set(time.time())
-        return result
+
+    def run_failed(self) -> None:
+        """The job's failures."""
+        m.JOB_FAILURES.labels(job=self.job).inc()
 
 
 def _window(window_start: str | None) -> datetime | None:

@@ -22,7 +22,11 @@ from panic_metrics_client.events import Event
 
 TASK_PREFIX = "panic_metrics.events."
 BATCH_TASK = f"{TASK_PREFIX}record_events"
+#: The queue event tasks travel on: the contract app code publishes to.
 EVENTS_QUEUE = "events"
+#: The worker's other queue (beat's scheduled jobs), named here too so every queue name lives in one module.
+SCHEDULED_QUEUE = "scheduled"
+QUEUES = (EVENTS_QUEUE, SCHEDULED_QUEUE)
 PUBLISHED_AT_HEADER = "published_at"
 
 # The seed's task names, one per kind.

@@ -1,28 +1,25 @@
 """The platform's metrics API, served beside /metrics: the JSON summaries app teams already use.
 
-Thin routes over app.summaries, app.health and app.jobs. Query parameters
-are validated by FastAPI: a bad one gets a 422 whose `detail[].loc` names it.
+Thin routes over app.summaries and app.jobs (its health path is the one
+/health answer, app.http.health). Query parameters are validated by
+FastAPI: a bad one gets a 422 whose `detail[].loc` names it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import httpx
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session
 
-from app.config import Settings, get_settings
-from app.db.session import get_engine, session_scope
-from app.health import collect_health
+from app.http.access import bearer_token_valid
+from app.http.dependencies import EngineDep, SessionDep, SettingsDep
 from app.jobs import refresh_health
 from app.logs import redact_json
-from app.metrics.access import bearer_token_valid
+from app.metrics.housekeeping import scrape
 from app.summaries import business_summary, performance_summary
 
 router = APIRouter(prefix="/api/v1/metrics", tags=["metrics API"])
@@ -32,36 +29,8 @@ Hours = Annotated[int, Query(ge=1, le=24 * 366, description="How many hours back
 Subject = Annotated[str | None, Query(min_length=1, max_length=128)]
 
 
-def settings_dependency() -> Settings:
-    """The settings (a dependency, so tests can override it)."""
-    return get_settings()
-
-
-def engine_dependency() -> Engine:
-    """The database engine (a dependency, so tests can override it)."""
-    return get_engine()
-
-
-def session_dependency(engine: Annotated[Engine, Depends(engine_dependency)]) -> Iterator[Session]:
-    """A session for one request."""
-    with session_scope(engine) as session:
-        yield session
-
-
-SettingsDep = Annotated[Settings, Depends(settings_dependency)]
-EngineDep = Annotated[Engine, Depends(engine_dependency)]
-SessionDep = Annotated[Session, Depends(session_dependency)]
-
-
 def _error(status: int, error: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code=status)
-
-
-@router.get("/health", summary="Dependencies, database connections, Redis and queue depths")
-def health(settings: SettingsDep, engine: EngineDep) -> JSONResponse:
-    """What the health refresh would report now; 503 when a dependency is down."""
-    report = collect_health(settings=settings, engine=engine)
-    return JSONResponse(redact_json(report.as_dict()), status_code=200 if report.healthy else 503)
 
 
 @router.get("/business", summary="Panic requests, auth, subscriptions, credits and prank rate")
@@ -112,11 +81,9 @@ def alerts(settings: SettingsDep) -> Any:
 
 
 @router.get("/prometheus", response_class=Response, summary="The Prometheus exposition, as /metrics")
-def prometheus() -> Response:
+def prometheus(request: Request) -> Response:
     """The same text /metrics serves."""
-    from app.metrics.endpoint import scrape  # the endpoint module includes this router
-
-    return Response(content=scrape(), media_type=CONTENT_TYPE_LATEST)
+    return Response(content=scrape(request.app.state.housekeeper), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.post("/update-cache-metrics", summary="Run the health refresh now")
