@@ -15,7 +15,7 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 
 from workers.celery_app import app
-from workers.tasks.base import EventTask
+from workers.tasks.events import EventTask
 
 INCLUDE = ("--include", "tests.faults.fault_tasks")
 
