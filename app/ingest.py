@@ -273,4 +273,12 @@ def ingest(
         if not retryable:
             raise
         raise DatabaseUnavailable(str(exc.orig or exc)) from exc
+    except Exception:
+        # Anything else after the record was written (the soft time limit
+        # raised inside the COMMIT, a bug) leaves the COMMIT's fate unknown
+        # too: this process's next attempt asks, instead of leaving the
+        # record to the compactor until the process dies.
+        if attempt.prepared and not attempt.committed:
+            _unresolved[attempt.token] = attempt
+        raise
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -338,6 +339,9 @@ def test_counters_do_not_move_when_the_transaction_rolls_back(
     assert result == IngestResult(stored=1, rejected=1)
     assert_counted(before, retried, "panic_request", tag, times=1)
     assert delta(before, retried, "metrics_events_rejected_total", kind="panic_request", reason=SURPLUS_REASON) == 1
+    # The failed attempt's pending record was settled by this retry, not left
+    # to the compactor until this process dies.
+    assert not list(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob(f"pending-{os.getpid()}-*"))
 
 
 def unreachable(engine: Engine, tmp_path: Path) -> Engine:
