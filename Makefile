@@ -28,7 +28,7 @@ demo: $(STAMP)
 ## test: lint, then the whole suite on real Redis and PostgreSQL (installed and started here)
 # Test files run in TEST_WORKERS parallel processes (each with its own Redis,
 # database and workers); TEST_WORKERS=0 runs them in this process, one by one.
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 2
 test: $(STAMP) lint services
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
