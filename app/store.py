@@ -85,18 +85,25 @@ def insert_rejections(
         return set()
     rows = [
         {
-            "message_id": message_id,
+            "message_id": _text(message_id),
             "position": position,
-            "kind": invalid.kind[:32],
-            "reason": invalid.reason[:64],
-            "detail": invalid.detail,
-            "payload": json.dumps(payload, default=str),
+            "kind": _text(invalid.kind)[:32],
+            "reason": _text(invalid.reason)[:64],
+            "detail": _text(invalid.detail),
+            "payload": json.dumps(payload, default=str),  # JSON escapes NUL itself
             "stored_by": stored_by,
         }
         for position, invalid, payload in rejections
     ]
     statement = insert_for(session, RejectedEvent).on_conflict_do_nothing().returning(RejectedEvent.position)
     return set(session.connection().execute(statement, rows).scalars())
+
+
+def _text(value: str) -> str:
+    # PostgreSQL text cannot hold NUL, and a hostile payload puts one in a
+    # field name that the rejection's detail then quotes: the whole message
+    # failed to store. Kept visible, escaped.
+    return value.replace("\x00", "\\x00")
 
 
 def lock_attempt(session: Session, token: uuid.UUID) -> None:

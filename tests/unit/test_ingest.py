@@ -305,6 +305,32 @@ def test_redelivered_batch_counts_only_its_new_events(db_session: Session, tag: 
     assert delta(before, after, "metrics_events_duplicate_total", kind="panic_request") == 1
 
 
+def test_nul_characters_in_a_rejected_payload_do_not_fail_the_message(db_session: Session, tag: str) -> None:
+    """A NUL in a field name (quoted by the rejection's detail) or a value: the valid event is stored, the bad kept.
+
+    Hypothesis found it: PostgreSQL text cannot hold NUL, so the rejection's
+    row failed the whole transaction, valid events with it.
+    """
+    payload, _ = business_payload("panic_request", tag)
+    message = [
+        payload,
+        sample_payload("panic_request", **{"\x00": None}),
+        sample_payload("panic_request", zone="a\x00b"),
+    ]
+    result = ingest(message, kind="panic_request", session_factory=committing_factory(db_session))
+    assert result == IngestResult(stored=1, rejected=2)
+    details = (
+        db_session.execute(
+            select(RejectedEvent.detail).where(
+                RejectedEvent.reason == "extra_forbidden", RejectedEvent.detail.contains("\\x00")
+            )
+        )
+        .scalars()
+        .all()
+    )
+    assert details
+
+
 # --- nothing counted unless committed -----------------------------------------------------------
 
 
