@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.engine import make_url
@@ -31,9 +29,8 @@ from app.store import attempt_committed
 from tests.integration.conftest import WorkerFactory
 from tests.support.payloads import KINDS, sample_payload
 from tests.support.pgproxy import CommitDroppingProxy
-from tests.support.processes import LoggedProcess
-from tests.support.services import PostgresDatabase, free_port, wait_until
-from tests.support.worker import scrape, total, value
+from tests.support.services import PostgresDatabase, wait_until
+from tests.support.worker import scrape, standalone_endpoint, total, value
 from workers.tasks import events as tasks
 
 pytestmark = pytest.mark.integration
@@ -159,20 +156,10 @@ def test_standalone_endpoint_in_another_pid_namespace_merges_only_proven_dead_wr
     From its namespace every worker pid looks absent; only the leases tell
     it which writers are dead.
     """
-    shared = tmp_path / "shared_multiproc"
-    shared.mkdir()
-    port = free_port()
-    env = {
-        "PROMETHEUS_MULTIPROC_DIR": str(shared),
-        "METRICS_PORT": str(port),
-        "MULTIPROC_COMPACT_INTERVAL_SECONDS": "0.5",
-    }
-    argv = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"]
-    endpoint = LoggedProcess([*argv, sys.executable, "-m", "app.cli", "serve-metrics"], env, tmp_path / "endpoint.log")
-    endpoint.start_process()
-    try:
-        url = f"http://127.0.0.1:{port}/metrics"
-        wait_until(lambda: _answers(url), timeout=60, what="standalone endpoint in its own pid namespace")
+    unshare = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"]
+    with standalone_endpoint(
+        tmp_path, prefix=unshare, timeout=60, what="standalone endpoint in its own pid namespace"
+    ) as (url, shared):
         assert_fixed_series_at_zero(scrape(url))
         worker = start_worker(
             METRICS_ENABLED="false",
@@ -217,8 +204,6 @@ def test_standalone_endpoint_in_another_pid_namespace_merges_only_proven_dead_wr
         samples = scrape(url)
         assert total(samples, "panic_requests_total", zone=unique) == 60
         assert value(samples, "panic_request_response_time_seconds_count", service_type="fire", zone=unique) == 30
-    finally:
-        endpoint.stop()
 
 
 def _endpoint_pids(directory: Path) -> set[str]:
@@ -229,13 +214,6 @@ def _endpoint_pids(directory: Path) -> set[str]:
         for path in directory.glob("lease-*.lock")
         if (text := path.read_text()) and (lease := json.loads(text))["pid_namespace"] != ours
     }
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @pytest.fixture

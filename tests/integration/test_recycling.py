@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.integration.conftest import WorkerFactory
-from tests.support.processes import LoggedProcess
-from tests.support.services import free_port, wait_until
-from tests.support.worker import Worker, scrape, total, value
+from tests.support.services import wait_until
+from tests.support.worker import Worker, scrape, standalone_endpoint, total, value
 from workers.tasks import events as tasks
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -69,19 +66,7 @@ def test_standalone_endpoint_serves_and_compacts_a_directory_shared_by_workers(
     start_worker: WorkerFactory, unique: str, tmp_path: Path
 ) -> None:
     """`panic-metrics serve-metrics` aggregates two workers sharing its directory and merges their dead children."""
-    shared = tmp_path / "shared_multiproc"
-    shared.mkdir()
-    port = free_port()
-    env = {
-        "PROMETHEUS_MULTIPROC_DIR": str(shared),
-        "METRICS_PORT": str(port),
-        "MULTIPROC_COMPACT_INTERVAL_SECONDS": "0.5",
-    }
-    endpoint = LoggedProcess([sys.executable, "-m", "app.cli", "serve-metrics"], env, tmp_path / "endpoint.log")
-    endpoint.start_process()
-    try:
-        url = f"http://127.0.0.1:{port}/metrics"
-        wait_until(lambda: _answers(url), timeout=30, what="standalone endpoint")
+    with standalone_endpoint(tmp_path) as (url, shared):
         # Workers that leave the endpoint (and the directory) to it: no endpoint, no wipe.
         for name in ("a", "b"):
             start_worker(
@@ -107,12 +92,3 @@ def test_standalone_endpoint_serves_and_compacts_a_directory_shared_by_workers(
             what="dead children merged by the standalone endpoint",
         )
         assert total(scrape(url), "panic_requests_total", zone=unique) == 200
-    finally:
-        endpoint.stop()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False

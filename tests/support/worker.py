@@ -6,7 +6,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -126,3 +127,38 @@ def embedded_environment(directory: Path) -> dict[str, str]:
     migrate_env = {**os.environ, **env, "PROMETHEUS_MULTIPROC_DIR": str(directory / "migrate_multiproc")}
     subprocess.run([sys.executable, "-m", "app.cli", "migrate"], cwd=ROOT, env=migrate_env, check=True)
     return env
+
+
+@contextmanager
+def standalone_endpoint(
+    workdir: Path, *, prefix: Sequence[str] = (), timeout: float = 30, what: str = "standalone endpoint"
+) -> Iterator[tuple[str, Path]]:
+    """`panic-metrics serve-metrics` compacting a directory of its own, which workers may share.
+
+    `prefix` runs it under another command (e.g. `unshare` for a pid
+    namespace of its own). Yields its /metrics URL and the directory.
+    """
+    shared = workdir / "shared_multiproc"
+    shared.mkdir()
+    port = free_port()
+    env = {
+        "PROMETHEUS_MULTIPROC_DIR": str(shared),
+        "METRICS_PORT": str(port),
+        "MULTIPROC_COMPACT_INTERVAL_SECONDS": "0.5",
+    }
+    argv = [*prefix, sys.executable, "-m", "app.cli", "serve-metrics"]
+    endpoint = LoggedProcess(argv, env, workdir / "endpoint.log")
+    endpoint.start_process()
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        wait_until(lambda: _answers(url), timeout=timeout, what=what)
+        yield url, shared
+    finally:
+        endpoint.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
