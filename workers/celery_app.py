@@ -14,9 +14,10 @@ from celery import Celery, signals
 from kombu import Exchange, Queue
 
 import app.metrics as _metrics  # noqa: F401 - first of the app's imports: see the docstring
-from app.broker import redis_ssl_options, transport_options, use_robust_redis_transport
+from app.broker import redis_ssl_options, transport_options
 from app.config import Settings, get_settings
 from app.logs import configure_logging
+from app.redis_transport import use_robust_redis_transport
 from beat_schedule import build_beat_schedule
 from panic_metrics_client.messages import EVENTS_QUEUE, PUBLISHED_AT_HEADER, SCHEDULED_QUEUE, TASK_PREFIX, masked_repr
 
