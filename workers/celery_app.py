@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from celery import Celery, signals
+from celery.app.amqp import AMQP, task_message
 from kombu import Exchange, Queue
 
 import app.metrics as _metrics  # noqa: F401 - first of the app's imports: see the docstring
@@ -22,6 +23,37 @@ from beat_schedule import build_beat_schedule
 from panic_metrics_client.messages import EVENTS_QUEUE, PUBLISHED_AT_HEADER, SCHEDULED_QUEUE, TASK_PREFIX, masked_repr
 
 
+class MaskingAMQP(AMQP):
+    """Celery's task message factory, with ids masked in our tasks' argsrepr/kwargsrepr where they are made.
+
+    Celery builds the `task-sent` event (what Flower and every event consumer
+    read for a `.delay()`) from the reprs made here, before before_task_publish
+    runs, and that signal can rewrite only the message's headers. Flower shows
+    the event's kwargs whenever it handles the task-sent event after the
+    worker's events (celery.events.state applies a late task-sent event's
+    fields over the task's), which a busy publisher makes happen. Masking here
+    covers the headers and the event alike, for `.delay()`, `apply_async`,
+    `send_task` and a retry.
+    """
+
+    def as_task_v2(
+        self,
+        task_id: str,
+        name: str,
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *more: Any,
+        **options: Any,
+    ) -> task_message:
+        """The protocol-2 message for a task; for ours the reprs are masked, even ones the caller gave."""
+        if name.startswith(TASK_PREFIX):
+            # Celery passes argsrepr/kwargsrepr by keyword (from apply_async's options);
+            # a caller's own reprs are replaced too: they could show the ids.
+            options["argsrepr"] = masked_repr(args or ())
+            options["kwargsrepr"] = masked_repr(kwargs or {})
+        return super().as_task_v2(task_id, name, args, kwargs, *more, **options)
+
+
 def create_app(settings: Settings | None = None) -> Celery:
     """Build the Celery app from settings."""
     settings = settings or get_settings()
@@ -30,6 +62,8 @@ def create_app(settings: Settings | None = None) -> Celery:
         "panic_metrics",
         # Every task's base: run time, retries and failures (workers/tasks/base.py).
         task_cls="workers.tasks.base:MetricsTask",
+        # Masks ids in what Flower shows, the task-sent event included (see the class).
+        amqp=MaskingAMQP,
         include=["workers.tasks.events", "workers.tasks.scheduled", "workers.lifecycle"],
     )
     celery.conf.update(
@@ -135,7 +169,10 @@ def _mask_ids_in_task_reprs(
 ) -> None:
     # Flower and the task event stream show argsrepr/kwargsrepr: customer, subscription
     # and request ids are masked there, also when a retry republishes the message.
-    # The worker itself still receives the real arguments in the body.
+    # The worker itself still receives the real arguments in the body. Our app's
+    # messages come masked already (MaskingAMQP, which also covers the task-sent
+    # event); this covers any other Celery app in the process that publishes our
+    # tasks (app/replay.py's, a caller's own), whose headers the worker echoes.
     if headers is None or not str(sender or headers.get("task", "")).startswith(TASK_PREFIX):
         return
     if isinstance(body, list | tuple) and len(body) >= 2:
