@@ -20,7 +20,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import redis
@@ -35,22 +35,27 @@ from tests.support.services import RedisServer, wait_until
 QUEUE = "claim-window"
 
 # The consumer: connects (through the proxy) with the transport named by argv[2],
-# says which transport class it got, then waits for one message and acknowledges it.
+# says which transport class it got, then takes one message from queue argv[3]
+# with SimpleQueue's `get` (a consumer: BRPOP, or our claim and wait) or
+# `get_nowait` (basic_get) and acknowledges it. A wait lasts argv[5] seconds.
 CONSUMER = """
 import sys
 from kombu import Connection
 
-url, transport = sys.argv[1], sys.argv[2]
+url, transport, queue_name, method, wait = sys.argv[1:6]
 if transport == "ours":
     from app.redis_transport import use_robust_redis_transport
     use_robust_redis_transport()
-with Connection(url) as connection:
-    queue = connection.SimpleQueue(sys.argv[3])
+with Connection(url, transport_options={"brpop_timeout": float(wait)}) as connection:
+    queue = connection.SimpleQueue(queue_name)
     print("transport", type(connection.transport).__module__, flush=True)
-    message = queue.get(block=True, timeout=120)
+    message = queue.get(block=True, timeout=120) if method == "get" else queue.get_nowait()
     message.ack()
     print("received", message.headers.get("marker"), flush=True)
 """
+# How long an idle consumer's wait lasts: far longer than the test needs to
+# publish once it sees the wait, so the wait (not a claim) is what wakes.
+LONG_WAIT = 300
 
 
 def queued(client: redis.Redis) -> list[dict[str, Any]]:
@@ -66,35 +71,49 @@ def without_redelivered(message: dict[str, Any]) -> dict[str, Any]:
     return copy
 
 
+class KilledConsumer(Protocol):
+    def __call__(
+        self, transport: str, *, method: str = "get", idle: bool = False
+    ) -> tuple[RedisServer, dict[str, Any], str]: ...
+
+
 @pytest.fixture
 def consumer_killed_on_its_message(
     private_redis: Callable[..., RedisServer], tmp_path: Path
-) -> Iterator[Callable[[str], tuple[RedisServer, dict[str, Any], str]]]:
-    """Run a consumer with the transport given, killed on the reply that carries its one message.
+) -> Iterator[KilledConsumer]:
+    """Run a consumer with the transport given, killed on the reply that takes its one message.
 
-    Returns the Redis server, the message as published, and the consumer's output.
+    By default the message is queued before the consumer starts, so its
+    very first fetch takes it. `idle`: the message is published once the
+    consumer waits on an empty queue (our transport: BLMOVE, whose reply
+    shows the message but leaves it queued, is let through; the claim that
+    follows is the reply that kills). Returns the Redis server, the message
+    as published, and the consumer's output.
     """
     started: list[subprocess.Popen[bytes]] = []
     proxies: list[ReplyKillingProxy] = []
 
-    def run(transport: str) -> tuple[RedisServer, dict[str, Any], str]:
+    def run(transport: str, *, method: str = "get", idle: bool = False) -> tuple[RedisServer, dict[str, Any], str]:
         server = private_redis()
         client = redis.Redis.from_url(server.url)
         marker = f"claim-window-{uuid.uuid4().hex}"
-        # Published before the consumer starts, straight to Redis: its very first
-        # fetch takes the message, so no wait (BLMOVE, which returns the message
-        # but leaves it queued) is ever what carries it.
-        with Connection(server.url, transport=kombu_redis.Transport) as publisher:
-            publisher.SimpleQueue(QUEUE).put({"n": 1}, headers={"marker": marker})
-        (published,) = queued(client)
-        assert marker not in published["body"], "the marker must be in plain text, not in the encoded body"
 
+        def publish() -> dict[str, Any]:
+            # Straight to Redis, not through the proxy.
+            with Connection(server.url, transport=kombu_redis.Transport) as publisher:
+                publisher.SimpleQueue(QUEUE).put({"n": 1}, headers={"marker": marker})
+            (published,) = queued(client)
+            assert marker not in published["body"], "the marker must be in plain text, not in the encoded body"
+            return published
+
+        if not idle:
+            published = publish()
         proxy = ReplyKillingProxy("127.0.0.1", server.port).start()
         proxies.append(proxy)
-        log_path = tmp_path / f"consumer-{transport}.log"
+        log_path = tmp_path / f"consumer-{transport}-{method}.log"
         with log_path.open("ab") as log:
             consumer = subprocess.Popen(
-                [sys.executable, "-c", CONSUMER, proxy.url(), transport, QUEUE],
+                [sys.executable, "-c", CONSUMER, proxy.url(), transport, QUEUE, method, str(LONG_WAIT)],
                 cwd=ROOT,
                 stdout=log,
                 stderr=log,
@@ -106,11 +125,18 @@ def consumer_killed_on_its_message(
             os.killpg(consumer.pid, signal.SIGKILL)
             consumer.wait(timeout=10)
 
-        proxy.arm(marker.encode(), kill_consumer)
+        proxy.arm(marker.encode(), kill_consumer, let_through=1 if idle else 0)
+        if idle:
+            wait_until(
+                lambda: client.info("clients")["blocked_clients"] == 1 or consumer.poll() is not None,
+                timeout=60,
+                what="the consumer waiting on the empty queue",
+            )
+            published = publish()
         wait_until(
             lambda: proxy.fired.is_set() or consumer.poll() is not None,
             timeout=60,
-            what="the reply carrying the message (consumer log: " + str(log_path) + ")",
+            what=f"the reply taking the message (consumer log: {log_path})",
         )
         output = log_path.read_text()
         assert proxy.fired.is_set(), f"the consumer ended before its message reached it:\n{output}"
@@ -118,7 +144,7 @@ def consumer_killed_on_its_message(
         assert consumer.returncode == -signal.SIGKILL
         assert "received" not in output, output
         # Nothing restores while the dead consumer holds kombu's restore mutex
-        # (it never does: it was waiting for its first fetch).
+        # (it never does here: it was waiting for its fetch).
         assert not client.exists("unacked_mutex")
         return server, published, output
 
@@ -138,11 +164,16 @@ def restore_past_visibility_timeout(url: str, transport: type[Any]) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize(
+    ("method", "idle"),
+    [("get", False), ("get", True), ("get_nowait", False)],
+    ids=["consumer-busy", "consumer-woken-from-wait", "basic-get"],
+)
 def test_consumer_killed_on_the_reply_that_claims_its_message_gets_it_back_once(
-    consumer_killed_on_its_message: Callable[[str], tuple[RedisServer, dict[str, Any], str]],
+    consumer_killed_on_its_message: KilledConsumer, method: str, idle: bool
 ) -> None:
     """Our transport: the message was recorded as unacknowledged in the step that took it; restored once, unchanged."""
-    server, published, output = consumer_killed_on_its_message("ours")
+    server, published, output = consumer_killed_on_its_message("ours", method=method, idle=idle)
     assert "transport app.redis_transport" in output, output
     client = redis.Redis.from_url(server.url)
     # The fault hit after Redis let go of the message: it is no longer queued, only recorded.
@@ -170,17 +201,18 @@ def test_consumer_killed_on_the_reply_that_claims_its_message_gets_it_back_once(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("method", ["get", "get_nowait"], ids=["consumer", "basic-get"])
 def test_stock_kombu_transport_loses_a_message_taken_just_before_its_consumer_died(
-    consumer_killed_on_its_message: Callable[[str], tuple[RedisServer, dict[str, Any], str]],
+    consumer_killed_on_its_message: KilledConsumer, method: str
 ) -> None:
-    """kombu's own transport: BRPOP took the message, the unacked record was never written; it is gone.
+    """kombu's own transport: BRPOP (or RPOP) took the message, the unacked record was never written; it is gone.
 
     This is kombu #305 / celery #4354, the reason app/redis_transport.py
     exists, and the proof that the proxy hits the window that matters. If
     this test starts failing because the message survives, kombu has fixed
     the gap: drop our transport and go back to kombu's.
     """
-    server, _published, output = consumer_killed_on_its_message("stock")
+    server, _published, output = consumer_killed_on_its_message("stock", method=method)
     assert "transport kombu.transport.redis" in output, output
     client = redis.Redis.from_url(server.url)
 
@@ -282,4 +314,21 @@ def test_proxy_does_not_fire_on_a_marker_relayed_before_it_was_armed(
         assert client.recv(4096) == b"+OK\r\n"
         server.send(b"task-1234")  # a fresh occurrence fires
         assert proxy.fired.wait(10)
+    assert calls == ["fired"]
+
+
+def test_proxy_lets_the_occurrences_asked_through_then_fires(
+    scripted: tuple[_ScriptedServer, ReplyKillingProxy],
+) -> None:
+    """`let_through=1`: the first reply carrying the marker is relayed, the second is held back."""
+    server, proxy = scripted
+    calls: list[str] = []
+    proxy.arm(b"task-1234", lambda: calls.append("fired"), let_through=1)
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as client:
+        server.send(b"$9\r\ntask-1234\r\n")
+        assert client.recv(4096) == b"$9\r\ntask-1234\r\n"
+        assert not proxy.fired.is_set()
+        server.send(b"*3\r\n:1\r\n$9\r\ntask-1234\r\n:1\r\n")
+        assert proxy.fired.wait(10)
+        assert _read_until_closed(client) == b""
     assert calls == ["fired"]

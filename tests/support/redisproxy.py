@@ -56,6 +56,7 @@ class ReplyKillingProxy:
         self.error: BaseException | None = None
         self._marker: bytes | None = None
         self._on_marker: Callable[[], None] | None = None
+        self._let_through = 0
         self._lock = threading.Lock()
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._listener = socket.create_server(("127.0.0.1", self.port))
@@ -70,15 +71,19 @@ class ReplyKillingProxy:
         self._thread.start()
         return self
 
-    def arm(self, marker: bytes, on_marker: Callable[[], None]) -> None:
-        """Hold back the first server-to-client chunk that completes `marker`, call `on_marker`, drop that link."""
+    def arm(self, marker: bytes, on_marker: Callable[[], None], *, let_through: int = 0) -> None:
+        """Hold back the first server-to-client chunk that completes `marker`, call `on_marker`, drop that link.
+
+        `let_through` occurrences of the marker are relayed first (e.g. a
+        reply that shows a message without taking it).
+        """
         if not 0 < len(marker) <= MAX_MARKER:
             raise ValueError(f"a marker is 1 to {MAX_MARKER} bytes, not {len(marker)}")
         with self._lock:
             self.fired.clear()
             self.held_back = b""
             self.error = None
-            self._marker, self._on_marker = marker, on_marker
+            self._marker, self._on_marker, self._let_through = marker, on_marker, let_through
 
     def stop(self) -> None:
         """Stop accepting and close every relayed connection."""
@@ -137,9 +142,14 @@ class ReplyKillingProxy:
             marker, on_marker = self._marker, self._on_marker
             if marker is None or on_marker is None:
                 return None
-            # Only an occurrence that ends past the tail: one wholly inside it
-            # was relayed before the proxy was armed.
-            if (tail + chunk).find(marker, max(0, len(tail) - len(marker) + 1)) < 0:
+            # Only occurrences that end past the tail: one wholly inside it was
+            # relayed before (or before the proxy was armed).
+            window = tail + chunk
+            at = window.find(marker, max(0, len(tail) - len(marker) + 1))
+            while at >= 0 and self._let_through > 0:
+                self._let_through -= 1
+                at = window.find(marker, at + 1)
+            if at < 0:
                 return None
             self._marker = self._on_marker = None
             self.held_back = chunk
