@@ -99,11 +99,20 @@ def consumer_killed_on_its_message(
         marker = f"claim-window-{uuid.uuid4().hex}"
 
         def publish() -> dict[str, Any]:
-            # Straight to Redis, not through the proxy.
-            with Connection(server.url, transport=kombu_redis.Transport) as publisher:
+            # kombu publishes into database 1 of the same server, where nothing
+            # consumes; its bytes are then pushed as they are into the consumer's
+            # queue in database 0 (a message names its exchange and routing key,
+            # not its database). So the test knows the message as published even
+            # when a waiting consumer takes it at once. Straight to Redis, not
+            # through the proxy.
+            staging = f"redis://127.0.0.1:{server.port}/1"
+            with Connection(staging, transport=kombu_redis.Transport) as publisher:
                 publisher.SimpleQueue(QUEUE).put({"n": 1}, headers={"marker": marker})
-            (published,) = queued(client)
+            raw = redis.Redis.from_url(staging).rpop(QUEUE)
+            assert isinstance(raw, bytes)
+            published: dict[str, Any] = json.loads(raw)
             assert marker not in published["body"], "the marker must be in plain text, not in the encoded body"
+            client.lpush(QUEUE, raw)
             return published
 
         if not idle:
@@ -134,12 +143,13 @@ def consumer_killed_on_its_message(
             )
             published = publish()
         wait_until(
-            lambda: proxy.fired.is_set() or consumer.poll() is not None,
+            lambda: proxy.found.is_set() or consumer.poll() is not None,
             timeout=60,
             what=f"the reply taking the message (consumer log: {log_path})",
         )
+        assert proxy.found.is_set(), f"the consumer ended before its message reached it:\n{log_path.read_text()}"
+        assert proxy.fired.wait(30), "the consumer was not killed"
         output = log_path.read_text()
-        assert proxy.fired.is_set(), f"the consumer ended before its message reached it:\n{output}"
         assert proxy.error is None, proxy.error
         assert consumer.returncode == -signal.SIGKILL
         assert "received" not in output, output

@@ -142,6 +142,51 @@ def test_worker_killed_on_the_reply_that_claims_a_message_loses_nothing(
     assert stream.stored() == len(stream.acknowledged)
 
 
+def test_link_cut_on_the_reply_that_claims_a_message_the_worker_reconnects_and_stores_it_once(
+    private_redis: Callable[..., RedisServer],
+    pg_database: PostgresDatabase,
+    pg_engine: Engine,
+    start_fault_worker: WorkerStarter,
+) -> None:
+    """The broker link cut on the reply that hands the worker a message: the same worker gets it back after the timeout.
+
+    The worker lives on; only the reply is lost (a network cut, a connection
+    dropped with the reply still in its socket). It reconnects through the
+    proxy, and its own restore scan hands the claimed message back.
+    """
+    server = private_redis()
+    env = {"BROKER_URL": server.url, "DATABASE_URL": pg_database.url}
+    stream = Stream(env, pg_engine)
+    stream.publish_many(3)
+    victim = f"claim-victim-{uuid.uuid4()}"
+    victim_events = [stream.event() for _ in range(5)]
+    stream.app.send_task("panic_metrics.events.record_events", args=[victim_events], queue="events", task_id=victim)
+    stream.acknowledged.update(str(event["event_id"]) for event in victim_events)
+    stream.publish_many(3)
+
+    with ReplyKillingProxy("127.0.0.1", server.port) as proxy:
+        # No kill: the link alone is cut. What Redis holds is read while the
+        # reply is held back, before the worker can hear of anything.
+        client = redis.Redis.from_url(server.url)
+        holding: list[tuple[int, int]] = []
+        proxy.arm(victim.encode(), lambda: holding.append(messages_holding(client, victim.encode())))
+        worker = start_fault_worker({**env, "BROKER_URL": proxy.url()}, wait=False)
+        wait_until(proxy.fired.is_set, timeout=120, what=f"the claim of the victim (log: {worker.log_path})")
+        assert proxy.error is None, proxy.error
+        assert holding == [(0, 1)], "Redis had not let go of the victim: not claimed, only queued"
+        worker.wait_ready()
+        stream.assert_complete()
+        assert {str(event["event_id"]) for event in victim_events} <= set(stream.stored_ids())
+        wait_until(
+            lambda: value(worker.scrape(), "metrics_events_stored_total", kind="panic_request") == stream.stored(),
+            timeout=60,
+            what="every stored event counted once",
+        )
+    assert worker.process is not None
+    assert worker.process.poll() is None, "the worker died of the cut"
+    assert stream.stored() == len(stream.acknowledged)
+
+
 def test_task_past_visibility_timeout_is_delivered_twice_and_stored_once(
     redis_stream: tuple[dict[str, str], Stream], start_fault_worker: WorkerStarter, tmp_path: Path
 ) -> None:

@@ -43,14 +43,15 @@ def _close(*sockets: socket.socket) -> None:
 class ReplyKillingProxy:
     """Listens on 127.0.0.1:`port` and relays to redis-server at `target`; `arm()` sets the marker and the kill.
 
-    `fired` is set once a reply carrying the marker has been held back and
-    the callback has returned; `held_back` is the chunk not relayed, and
-    `error` whatever the callback raised.
+    `found` is set when a reply carrying the marker is held back, `fired`
+    once the callback has returned; `held_back` is the chunk not relayed,
+    and `error` whatever the callback raised.
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.port = free_port()
+        self.found = threading.Event()
         self.fired = threading.Event()
         self.held_back = b""
         self.error: BaseException | None = None
@@ -80,6 +81,7 @@ class ReplyKillingProxy:
         if not 0 < len(marker) <= MAX_MARKER:
             raise ValueError(f"a marker is 1 to {MAX_MARKER} bytes, not {len(marker)}")
         with self._lock:
+            self.found.clear()
             self.fired.clear()
             self.held_back = b""
             self.error = None
@@ -153,6 +155,7 @@ class ReplyKillingProxy:
                 return None
             self._marker = self._on_marker = None
             self.held_back = chunk
+            self.found.set()
             return on_marker
 
     def _fire(self, on_marker: Callable[[], None]) -> None:
