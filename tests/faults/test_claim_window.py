@@ -19,6 +19,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -247,10 +248,13 @@ class _ScriptedServer:
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
-        self._connection, _ = self.listener.accept()
-        self._accepted.set()
-        while chunk := self._connection.recv(4096):
-            self.received += chunk
+        try:
+            self._connection, _ = self.listener.accept()
+            self._accepted.set()
+            while chunk := self._connection.recv(4096):
+                self.received += chunk
+        except OSError:  # closed by the test's teardown
+            return
 
     def send(self, data: bytes) -> None:
         assert self._accepted.wait(10)
@@ -260,6 +264,8 @@ class _ScriptedServer:
     def close(self) -> None:
         for sock in (self._connection, self.listener):
             if sock is not None:
+                with suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
                 sock.close()
 
 
