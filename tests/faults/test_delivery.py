@@ -1,17 +1,29 @@
-"""Faults of delivery on Redis: prefetched messages of a dead worker, a task past the visibility
-timeout, a poison message, a task past its hard time limit (one event from many producers and a
-pickle payload are in test_shared_workers.py)."""
+"""Faults of delivery on Redis: prefetched messages of a dead worker, a worker killed on the reply
+that hands it a message, a task past the visibility timeout, a poison message, a task past its hard
+time limit (one event from many producers and a pickle payload are in test_shared_workers.py)."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
+from app.metrics.multiproc import collect_registry, compact
+from app.store import attempt_committed
 from tests.faults.conftest import VISIBILITY_TIMEOUT, Stream, WorkerStarter
 from tests.faults.fault_tasks import INCLUDE
-from tests.support.services import wait_until
+from tests.support.redisproxy import ReplyKillingProxy
+from tests.support.services import PostgresDatabase, RedisServer, wait_until
+from tests.support.worker import Worker, value
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -30,6 +42,150 @@ def test_worker_killed_with_prefetched_messages_second_worker_stores_all_once(
     assert stream.stored() < len(stream.acknowledged), "the worker finished before it could be killed"
     start_fault_worker(env)
     stream.assert_complete()
+
+
+def _dead(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in {"Z", "X"}  # a zombie has run its last instruction
+
+
+def kill_whole_worker(worker: Worker) -> None:
+    """SIGKILL a worker's main process and every pool child; return once none of them can run again.
+
+    The main process is stopped first, so it cannot fork a replacement child
+    between the listing of its children and their kill.
+    """
+    assert worker.process is not None
+    os.kill(worker.process.pid, signal.SIGSTOP)
+    pids = [worker.process.pid, *worker.children()]
+    worker.kill()  # children, then the main process, reaped
+    wait_until(lambda: all(_dead(pid) for pid in pids), timeout=10, what="every process of the worker dead")
+
+
+def stored_counted(directory: Path, engine: Engine) -> float:
+    """`metrics_events_stored_total{kind="panic_request"}` of a dead worker's directory, its pending counts settled."""
+
+    def resolve(token: Any, _rows: int) -> bool:
+        with Session(engine) as session:
+            return attempt_committed(session, token)
+
+    assert compact(directory, resolve=resolve).unresolved_pids == ()
+    registry = collect_registry(directory)
+    return registry.get_sample_value("metrics_events_stored_total", {"kind": "panic_request"}) or 0.0
+
+
+def messages_holding(client: redis.Redis, marker: bytes) -> tuple[int, int]:
+    """How many queued messages and how many unacknowledged records carry `marker`."""
+    lists = [key for key in client.scan_iter() if client.type(key) == b"list"]
+    queued = sum(marker in raw for key in lists for raw in client.lrange(key, 0, -1))
+    return queued, sum(marker in raw for raw in client.hvals("unacked"))
+
+
+def test_worker_killed_on_the_reply_that_claims_a_message_loses_nothing(
+    private_redis: Callable[..., RedisServer],
+    pg_database: PostgresDatabase,
+    pg_engine: Engine,
+    start_fault_worker: WorkerStarter,
+) -> None:
+    """The whole worker SIGKILLed on the reply that hands it a message: stored once and counted once by the next.
+
+    The worker reads its broker through a proxy armed on the victim's task id
+    (plain text in the message headers): Redis has executed the claim, the
+    proxy holds its reply back, kills the worker and waits for it to die.
+    kombu's own transport loses the message there (BRPOP, then the unacked
+    record; kombu #305, tests/faults/test_claim_window.py); ours recorded it
+    in the step that took it, so the visibility timeout hands it back.
+    """
+    server = private_redis()
+    env = {"BROKER_URL": server.url, "DATABASE_URL": pg_database.url}
+    stream = Stream(env, pg_engine)
+    # Everything is queued before the worker starts, so the victim is taken by a
+    # claim (a wait, BLMOVE, only follows a claim that found the queues empty,
+    # and it returns a message it leaves queued), with messages taken before it
+    # (stored, perhaps mid-task at the kill) and after it (never taken).
+    stream.publish_many(6)
+    victim = f"claim-victim-{uuid.uuid4()}"
+    victim_events = [stream.event() for _ in range(5)]
+    stream.app.send_task("panic_metrics.events.record_events", args=[victim_events], queue="events", task_id=victim)
+    stream.acknowledged.update(str(event["event_id"]) for event in victim_events)
+    stream.publish_many(6)
+
+    with ReplyKillingProxy("127.0.0.1", server.port) as proxy:
+        first: list[Worker] = []
+        proxy.arm(victim.encode(), lambda: kill_whole_worker(first[0]))
+        # Only the broker goes through the proxy; the database is reached directly.
+        first.append(start_fault_worker({**env, "BROKER_URL": proxy.url()}, wait=False))
+        wait_until(proxy.fired.is_set, timeout=120, what=f"the claim of the victim (log: {first[0].log_path})")
+    assert proxy.fired.is_set()
+    assert proxy.error is None, proxy.error
+    assert first[0].process is None, "the worker was not killed"
+    # Redis had let go of the victim: not queued any more, only recorded as unacknowledged.
+    assert messages_holding(redis.Redis.from_url(server.url), victim.encode()) == (0, 1)
+    counted_by_first = stored_counted(first[0].multiproc_dir, pg_engine)
+    victim_ids = {str(event["event_id"]) for event in victim_events}
+    assert not victim_ids & set(stream.stored_ids()), "the victim was stored although it never reached the worker"
+
+    second = start_fault_worker(env)
+    stream.assert_complete()
+    assert victim_ids <= set(stream.stored_ids())
+    wait_until(
+        lambda: (
+            counted_by_first + value(second.scrape(), "metrics_events_stored_total", kind="panic_request")
+            == len(stream.acknowledged)
+        ),
+        timeout=60,
+        what="every stored event counted once between the two workers",
+    )
+    assert stream.stored() == len(stream.acknowledged)
+
+
+def test_link_cut_on_the_reply_that_claims_a_message_the_worker_reconnects_and_stores_it_once(
+    private_redis: Callable[..., RedisServer],
+    pg_database: PostgresDatabase,
+    pg_engine: Engine,
+    start_fault_worker: WorkerStarter,
+) -> None:
+    """The broker link cut on the reply that hands the worker a message: the same worker gets it back after the timeout.
+
+    The worker lives on; only the reply is lost (a network cut, a connection
+    dropped with the reply still in its socket). It reconnects through the
+    proxy, and its own restore scan hands the claimed message back.
+    """
+    server = private_redis()
+    env = {"BROKER_URL": server.url, "DATABASE_URL": pg_database.url}
+    stream = Stream(env, pg_engine)
+    stream.publish_many(3)
+    victim = f"claim-victim-{uuid.uuid4()}"
+    victim_events = [stream.event() for _ in range(5)]
+    stream.app.send_task("panic_metrics.events.record_events", args=[victim_events], queue="events", task_id=victim)
+    stream.acknowledged.update(str(event["event_id"]) for event in victim_events)
+    stream.publish_many(3)
+
+    with ReplyKillingProxy("127.0.0.1", server.port) as proxy:
+        # No kill: the link alone is cut. What Redis holds is read while the
+        # reply is held back, before the worker can hear of anything.
+        client = redis.Redis.from_url(server.url)
+        holding: list[tuple[int, int]] = []
+        proxy.arm(victim.encode(), lambda: holding.append(messages_holding(client, victim.encode())))
+        worker = start_fault_worker({**env, "BROKER_URL": proxy.url()}, wait=False)
+        wait_until(proxy.fired.is_set, timeout=120, what=f"the claim of the victim (log: {worker.log_path})")
+        assert proxy.error is None, proxy.error
+        # (queued, recorded as unacknowledged): out of the queue, and recorded in the same step.
+        assert holding == [(0, 1)], "the victim was not claimed (still queued, or taken without a record: lost)"
+        worker.wait_ready()
+        stream.assert_complete()
+        assert {str(event["event_id"]) for event in victim_events} <= set(stream.stored_ids())
+        wait_until(
+            lambda: value(worker.scrape(), "metrics_events_stored_total", kind="panic_request") == stream.stored(),
+            timeout=60,
+            what="every stored event counted once",
+        )
+    assert worker.process is not None
+    assert worker.process.poll() is None, "the worker died of the cut"
+    assert stream.stored() == len(stream.acknowledged)
 
 
 def test_task_past_visibility_timeout_is_delivered_twice_and_stored_once(
