@@ -25,6 +25,7 @@ import time
 from queue import Empty
 from typing import Any
 
+import kombu.transport
 import redis
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
@@ -332,3 +333,6 @@ def use_robust_redis_transport() -> None:
     """
     for scheme in ("redis", "rediss"):
         TRANSPORT_ALIASES[scheme] = f"{__name__}:RedisTransport"
+        # kombu caches the class it resolved for a name: a `redis://` connection
+        # made earlier in this process would keep kombu's own transport.
+        vars(kombu.transport)["_transport_cache"].pop(scheme, None)  # private, and left out of the stubs

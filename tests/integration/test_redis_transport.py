@@ -287,3 +287,23 @@ def test_any_message_is_delivered_and_restored_as_published(
         again.ack()
     assert client.llen(queue) == 0
     assert unacked(client) == (0, 0)
+
+
+def test_redis_urls_get_our_transport_even_after_kombus_was_resolved(server: RedisServer) -> None:
+    """kombu caches the class a name resolved to; installing ours must replace one resolved before."""
+    import kombu.transport
+    from kombu.transport import TRANSPORT_ALIASES, get_transport_cls
+
+    from app.redis_transport import RedisTransport, use_robust_redis_transport
+
+    ours = TRANSPORT_ALIASES["redis"]
+    try:
+        TRANSPORT_ALIASES["redis"] = KOMBUS
+        vars(kombu.transport)["_transport_cache"].pop("redis", None)
+        assert get_transport_cls("redis") is not RedisTransport  # kombu's, now cached
+        use_robust_redis_transport()
+        with Connection(server.url) as connection:
+            assert isinstance(connection.transport, RedisTransport)
+    finally:
+        TRANSPORT_ALIASES["redis"] = ours
+        use_robust_redis_transport()
