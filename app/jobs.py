@@ -71,8 +71,8 @@ def default_owner() -> str:
 
 
 def _reported(result: JobResult) -> JobResult:
-    m.JOB_WINDOWS.labels(job=result.job, outcome="done").inc(len(result.done))
-    m.JOB_WINDOWS.labels(job=result.job, outcome="skipped").inc(len(result.skipped))
+    m.JOB_WINDOWS.labels(scheduled_job=result.job, outcome="done").inc(len(result.done))
+    m.JOB_WINDOWS.labels(scheduled_job=result.job, outcome="skipped").inc(len(result.skipped))
     if result.skipped:
         log.info("windows held by another run", extra={"job": result.job, "skipped": len(result.skipped)})
     return result

@@ -148,28 +148,31 @@ TASK_RETRIES = Counter(
 # --- scheduled jobs (workers/tasks/scheduled.py) ------------------------------
 # Gauges a scheduled job sets are `mostrecent`: whichever process ran the job
 # last holds the current value; the others' stale copies are ignored.
+# The label is `scheduled_job`, not `job`: Prometheus gives every scraped series
+# the target's `job` (and `instance`), so ours would arrive renamed
+# `exported_job`, or with honor_labels overwrite the target's.
 
 JOB_LAST_SUCCESS = Gauge(
     "metrics_job_last_success_timestamp_seconds",
     "When each scheduled job last finished without error (Unix time); alert on its age.",
-    ["job"],
+    ["scheduled_job"],
     multiprocess_mode="mostrecent",
 )
 JOB_DURATION = Gauge(
     "metrics_job_duration_seconds",
     "Run time of each scheduled job's last successful run.",
-    ["job"],
+    ["scheduled_job"],
     multiprocess_mode="mostrecent",
 )
 JOB_FAILURES = Counter(
     "metrics_job_failures_total",
     "Scheduled job runs that raised an error.",
-    ["job"],
+    ["scheduled_job"],
 )
 JOB_WINDOWS = Counter(
     "metrics_job_windows_total",
     "Windows a scheduled job ran (outcome=done) or found claimed by another run (outcome=skipped).",
-    ["job", "outcome"],
+    ["scheduled_job", "outcome"],
 )
 
 # --- dependencies and queues (refresh_health_metrics) -------------------------

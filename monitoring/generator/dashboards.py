@@ -244,8 +244,8 @@ def worker_overview() -> d.Dashboard:
             ts(
                 "Time since last success",
                 q(
-                    f"time() - max by (exported_job) (metrics_job_last_success_timestamp_seconds{{{w}}})",
-                    "{{exported_job}}",
+                    f"time() - max by (scheduled_job) (metrics_job_last_success_timestamp_seconds{{{w}}})",
+                    "{{scheduled_job}}",
                 ),
                 unit="s",
                 description="A job is stale past three of its intervals (ScheduledJobStale).",
@@ -255,12 +255,12 @@ def worker_overview() -> d.Dashboard:
             ts(
                 "Job runs: windows done and failures",
                 q(
-                    f'sum by (exported_job) (increase(metrics_job_windows_total{{{I}, outcome="done"}}[{RATE}]))',
-                    "done {{exported_job}}",
+                    f'sum by (scheduled_job) (increase(metrics_job_windows_total{{{I}, outcome="done"}}[{RATE}]))',
+                    "done {{scheduled_job}}",
                 ),
                 q(
-                    f"sum by (exported_job) (increase(metrics_job_failures_total{{{I}}}[{RATE}]))",
-                    "failed {{exported_job}}",
+                    f"sum by (scheduled_job) (increase(metrics_job_failures_total{{{I}}}[{RATE}]))",
+                    "failed {{scheduled_job}}",
                 ),
             )
         )

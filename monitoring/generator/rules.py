@@ -5,9 +5,10 @@ app/metrics/housekeeping.py); every threshold comes from thresholds.py.
 Recording rules follow `level:metric:operations` and aggregate across hosts
 (`sum by`), so dashboards and alerts read one cheap series per subject.
 
-Scraped series carry the target's `job` label (WORKER_JOB); the worker's own
-`job` label on the scheduled-job metrics therefore arrives as `exported_job`
-(Prometheus renames a clashing label): see the findings in monitoring/RUNBOOK.md.
+Scraped series carry the target's `job` label (WORKER_JOB); the scheduled-job
+metrics name their job in `scheduled_job`, a label of their own, so it never
+clashes with the target's (older versions exported `job`, which Prometheus
+renamed `exported_job`).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ RECORDING_RULES: dict[str, str] = {
 def _job_stale_expr() -> str:
     # One comparison per job: each job has its own interval, and the worker does not export it.
     parts = [
-        f'(time() - max by (exported_job) (metrics_job_last_success_timestamp_seconds{{{W}, exported_job="{job}"}})'
+        f'(time() - max by (scheduled_job) (metrics_job_last_success_timestamp_seconds{{{W}, scheduled_job="{job}"}})'
         f" > {seconds * t.JOB_STALE_INTERVALS})"
         for job, seconds in t.JOB_INTERVALS_SECONDS.items()
     ]
@@ -321,9 +322,9 @@ ALERTS: list[Alert] = [
         expr=_job_stale_expr(),
         for_=t.JOB_STALE_FOR,
         severity="warning",
-        summary="Scheduled job {{ $labels.exported_job }} last succeeded {{ $value | humanizeDuration }} ago",
+        summary="Scheduled job {{ $labels.scheduled_job }} last succeeded {{ $value | humanizeDuration }} ago",
         description=(
-            f"{{{{ $labels.exported_job }}}} has not succeeded for more than {t.JOB_STALE_INTERVALS} of its"
+            f"{{{{ $labels.scheduled_job }}}} has not succeeded for more than {t.JOB_STALE_INTERVALS} of its"
             " intervals: its gauges show old figures."
         ),
     ),

@@ -70,7 +70,7 @@ def forget_afterwards(pg_engine: Engine, unique: str) -> Iterator[None]:
 
 def every_job_succeeded(worker: Worker) -> bool:
     samples = worker.scrape()
-    return all(value(samples, "metrics_job_last_success_timestamp_seconds", job=job) > 0 for job in JOBS)
+    return all(value(samples, "metrics_job_last_success_timestamp_seconds", scheduled_job=job) > 0 for job in JOBS)
 
 
 def claims_since(engine: Engine, job: str, since: datetime) -> int:
@@ -118,7 +118,7 @@ def test_two_beats_and_a_worker_run_every_job_once_per_window(
     for job in JOBS:
         wait_until(
             lambda job=job: (
-                value(worker.scrape(), "metrics_job_windows_total", job=job, outcome="done")
+                value(worker.scrape(), "metrics_job_windows_total", scheduled_job=job, outcome="done")
                 == claims_since(pg_engine, job, started)
             ),
             timeout=30,
@@ -131,7 +131,7 @@ def test_two_beats_and_a_worker_run_every_job_once_per_window(
     assert value(samples, "database_connections", state="in_use") >= 1
     assert value(samples, "redis_connected_clients", address=f"127.0.0.1:{redis_server.port}") >= 1
     assert ("celery_queue_length", frozenset({("queue", "scheduled")})) in samples
-    assert value(samples, "metrics_job_failures_total", job="aggregate_zone_performance") == 0
+    assert value(samples, "metrics_job_failures_total", scheduled_job="aggregate_zone_performance") == 0
     ratio = samples[("zone_completion_ratio", frozenset({("zone", unique)}))]
     assert ratio == 1.0 or math.isnan(ratio)
 
@@ -144,7 +144,8 @@ def test_make_run_beat_runs_every_job_on_the_embedded_default(tmp_path: Path) ->
     try:
         wait_until(lambda: every_job_succeeded(worker), timeout=60, what="every job's last success on /metrics")
         samples = worker.scrape()
-        assert all(value(samples, "metrics_job_failures_total", job=job) == 0 for job in JOBS), worker.log()[-3000:]
+        failures = {job: value(samples, "metrics_job_failures_total", scheduled_job=job) for job in JOBS}
+        assert all(count == 0 for count in failures.values()), worker.log()[-3000:]
         assert value(samples, "dependency_up", dependency="database") == 1
         assert ("celery_queue_length", frozenset({("queue", "events")})) in samples
     finally:

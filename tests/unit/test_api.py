@@ -239,7 +239,7 @@ def test_alerts_without_alertmanager_are_a_clear_503(
 
 def test_prometheus_path_serves_what_metrics_serves(serve: Serve) -> None:
     """/api/v1/metrics/prometheus is the same exposition as /metrics."""
-    m.JOB_LAST_SUCCESS.labels(job="api-test").set(1234.0)
+    m.JOB_LAST_SUCCESS.labels(scheduled_job="api-test").set(1234.0)
     base = serve()
     served, metrics = scrape(f"{base}/api/v1/metrics/prometheus"), scrape(f"{base}/metrics")
     assert served.keys() == metrics.keys()
@@ -249,7 +249,7 @@ def test_prometheus_path_serves_what_metrics_serves(serve: Serve) -> None:
         return {k: repr(v) for k, v in samples.items() if not k[0].startswith("metrics_scrape_")}
 
     assert comparable(served) == comparable(metrics)
-    key = ("metrics_job_last_success_timestamp_seconds", frozenset({("job", "api-test")}))
+    key = ("metrics_job_last_success_timestamp_seconds", frozenset({("scheduled_job", "api-test")}))
     assert scrape(f"{base}/api/v1/metrics/prometheus")[key] == 1234.0
 
 

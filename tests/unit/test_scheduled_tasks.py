@@ -45,18 +45,18 @@ def test_scheduled_tasks_acknowledge_late() -> None:
 @pytest.mark.integration
 def test_operator_rerun_of_a_window_records_success(pg_database: PostgresDatabase) -> None:
     """`aggregate_zone_performance.delay(window_start=...)` runs that aligned window and sets the last success."""
-    before = sample("metrics_job_last_success_timestamp_seconds", job="aggregate_zone_performance")
+    before = sample("metrics_job_last_success_timestamp_seconds", scheduled_job="aggregate_zone_performance")
     result = scheduled.aggregate_zone_performance.apply(kwargs={"window_start": "2001-03-04T12:02:30Z"}).get()
     assert result["done"] == ["2001-03-04T12:00:00+00:00"]
-    assert sample("metrics_job_last_success_timestamp_seconds", job="aggregate_zone_performance") > before
+    assert sample("metrics_job_last_success_timestamp_seconds", scheduled_job="aggregate_zone_performance") > before
 
 
 @pytest.mark.integration
 def test_a_failing_run_is_counted_and_does_not_set_last_success(pg_database: PostgresDatabase) -> None:
     """A bad window_start fails the run: metrics_job_failures_total goes up by one."""
-    failures = sample("metrics_job_failures_total", job="aggregate_firm_performance")
-    success = sample("metrics_job_last_success_timestamp_seconds", job="aggregate_firm_performance")
+    failures = sample("metrics_job_failures_total", scheduled_job="aggregate_firm_performance")
+    success = sample("metrics_job_last_success_timestamp_seconds", scheduled_job="aggregate_firm_performance")
     outcome = scheduled.aggregate_firm_performance.apply(kwargs={"window_start": "yesterday at noon"})
     assert outcome.failed()
-    assert sample("metrics_job_failures_total", job="aggregate_firm_performance") == failures + 1
-    assert sample("metrics_job_last_success_timestamp_seconds", job="aggregate_firm_performance") == success
+    assert sample("metrics_job_failures_total", scheduled_job="aggregate_firm_performance") == failures + 1
+    assert sample("metrics_job_last_success_timestamp_seconds", scheduled_job="aggregate_firm_performance") == success

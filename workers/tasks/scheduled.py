@@ -46,12 +46,12 @@ class ScheduledTask(MetricsTask):
 
     def run_succeeded(self, seconds: float) -> None:
         """The job's duration and last success."""
-        m.JOB_DURATION.labels(job=self.job).set(seconds)
-        m.JOB_LAST_SUCCESS.labels(job=self.job).set(time.time())
+        m.JOB_DURATION.labels(scheduled_job=self.job).set(seconds)
+        m.JOB_LAST_SUCCESS.labels(scheduled_job=self.job).set(time.time())
 
     def run_failed(self) -> None:
         """The job's failures."""
-        m.JOB_FAILURES.labels(job=self.job).inc()
+        m.JOB_FAILURES.labels(scheduled_job=self.job).inc()
 
 
 def _window(window_start: str | None) -> datetime | None:
