@@ -84,6 +84,17 @@ def messages_holding(client: redis.Redis, marker: bytes) -> tuple[int, int]:
     return queued, sum(marker in raw for raw in client.hvals("unacked"))
 
 
+def publish_around_victim(stream: Stream, around: int) -> tuple[str, list[dict[str, object]]]:
+    """`around` messages, the victim (5 events, a task id of its own), `around` more: its id and its events."""
+    stream.publish_many(around)
+    victim = f"claim-victim-{uuid.uuid4()}"
+    victim_events = [stream.event() for _ in range(5)]
+    stream.app.send_task("panic_metrics.events.record_events", args=[victim_events], queue="events", task_id=victim)
+    stream.acknowledged.update(str(event["event_id"]) for event in victim_events)
+    stream.publish_many(around)
+    return victim, victim_events
+
+
 def test_worker_killed_on_the_reply_that_claims_a_message_loses_nothing(
     private_redis: Callable[..., RedisServer],
     pg_database: PostgresDatabase,
@@ -106,12 +117,7 @@ def test_worker_killed_on_the_reply_that_claims_a_message_loses_nothing(
     # claim (a wait, BLMOVE, only follows a claim that found the queues empty,
     # and it returns a message it leaves queued), with messages taken before it
     # (stored, perhaps mid-task at the kill) and after it (never taken).
-    stream.publish_many(6)
-    victim = f"claim-victim-{uuid.uuid4()}"
-    victim_events = [stream.event() for _ in range(5)]
-    stream.app.send_task("panic_metrics.events.record_events", args=[victim_events], queue="events", task_id=victim)
-    stream.acknowledged.update(str(event["event_id"]) for event in victim_events)
-    stream.publish_many(6)
+    victim, victim_events = publish_around_victim(stream, 6)
 
     with ReplyKillingProxy("127.0.0.1", server.port) as proxy:
         first: list[Worker] = []
@@ -157,12 +163,7 @@ def test_link_cut_on_the_reply_that_claims_a_message_the_worker_reconnects_and_s
     server = private_redis()
     env = {"BROKER_URL": server.url, "DATABASE_URL": pg_database.url}
     stream = Stream(env, pg_engine)
-    stream.publish_many(3)
-    victim = f"claim-victim-{uuid.uuid4()}"
-    victim_events = [stream.event() for _ in range(5)]
-    stream.app.send_task("panic_metrics.events.record_events", args=[victim_events], queue="events", task_id=victim)
-    stream.acknowledged.update(str(event["event_id"]) for event in victim_events)
-    stream.publish_many(3)
+    victim, victim_events = publish_around_victim(stream, 3)
 
     with ReplyKillingProxy("127.0.0.1", server.port) as proxy:
         # No kill: the link alone is cut. What Redis holds is read while the
