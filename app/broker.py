@@ -32,6 +32,10 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         # killed mid-scan holds it until it expires (kombu: 300 s), and no one
         # restores anything meanwhile. A scan takes milliseconds.
         "unacked_mutex_expire": max(10, 3 * settings.broker_unacked_restore_interval_seconds),
+        # kombu sets no socket timeout: a broker that stops answering without
+        # closing would hold an acknowledgement, or a publish, for ever.
+        "socket_timeout": settings.broker_socket_timeout_seconds,
+        "socket_connect_timeout": settings.broker_socket_timeout_seconds,
     }
 
 

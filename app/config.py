@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     # How often a worker looks for a dead worker's unacknowledged messages whose
     # visibility timeout has passed (kombu's scan; its default is about 100 s).
     broker_unacked_restore_interval_seconds: Annotated[int, Field(ge=1, le=3600)] = 10
+    # Redis: how long a worker waits for any answer from the broker before it
+    # drops that connection and reconnects. Without it, a broker that goes
+    # silent (a partition without a reset) freezes an acknowledgement, and with
+    # it the whole worker, for as long as TCP takes to notice (about 15 min).
+    # Above the 1 s a consuming connection waits for messages.
+    broker_socket_timeout_seconds: Annotated[float, Field(ge=2, le=600)] = 30.0
     # Messages each pool process reserves ahead (worker_prefetch_multiplier);
     # a killed worker's reserved messages wait out the visibility timeout.
     worker_prefetch_multiplier: Annotated[int, Field(ge=1, le=64)] = 4

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import Engine
 
 from tests.faults.conftest import Stream, WorkerStarter
+from tests.support.redisproxy import ReplyKillingProxy
 from tests.support.services import PRODUCTION_PERSISTENCE, PostgresDatabase, RedisServer, wait_until
 from tests.support.worker import Worker
 
@@ -138,3 +139,30 @@ def test_message_fetched_but_not_recorded_before_a_broker_loss_is_pushed_back(
         assert message.headers["note"] == "\ud800"
         assert not redis_transport._UNRECORDED
         simple.close()
+
+
+def test_a_broker_gone_silent_does_not_freeze_the_worker(
+    private_redis: Callable[..., RedisServer],
+    pg_database: PostgresDatabase,
+    pg_engine: Engine,
+    start_fault_worker: WorkerStarter,
+) -> None:
+    """Every connection to Redis goes silent at once, open but unanswered (a partition without a reset).
+
+    Without a socket timeout the next acknowledgement waited for ever on a
+    pooled connection, and the worker's main process with it. With
+    BROKER_SOCKET_TIMEOUT_SECONDS the worker drops those connections,
+    reconnects, and everything is stored once.
+    """
+    server = private_redis()
+    env = {"BROKER_URL": server.url, "DATABASE_URL": pg_database.url}
+    stream = Stream(env, pg_engine)
+    with ReplyKillingProxy("127.0.0.1", server.port) as proxy:
+        worker = start_fault_worker({**env, "BROKER_URL": proxy.url(), "BROKER_SOCKET_TIMEOUT_SECONDS": "3"})
+        stream.publish_many(5)
+        stream.wait_stored(len(stream.acknowledged), timeout=60, what=f"first events stored (log: {worker.log_path})")
+        proxy.silence()  # the worker's connections, consuming and pooled alike, now hear nothing
+        stream.publish_many(5)
+        stream.assert_complete(timeout=180)
+        assert worker.process is not None
+        assert worker.process.poll() is None, "the worker died instead of reconnecting"

@@ -60,6 +60,7 @@ class ReplyKillingProxy:
         self._let_through = 0
         self._lock = threading.Lock()
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._silenced: set[socket.socket] = set()
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True, name=f"redisproxy-{self.port}")
@@ -86,6 +87,14 @@ class ReplyKillingProxy:
             self.held_back = b""
             self.error = None
             self._marker, self._on_marker, self._let_through = marker, on_marker, let_through
+
+    def silence(self) -> None:
+        """Every connection relayed so far goes silent both ways and stays open (a partition without a reset).
+
+        Connections made afterwards are relayed as usual.
+        """
+        with self._lock:
+            self._silenced.update(sock for pair in self._pairs for sock in pair)
 
     def stop(self) -> None:
         """Stop accepting and close every relayed connection."""
@@ -128,6 +137,8 @@ class ReplyKillingProxy:
                 chunk = source.recv(CHUNK)
                 if not chunk:
                     break
+                if source in self._silenced:
+                    continue  # swallowed: the other side hears nothing, and nothing closes
                 on_marker = self._take_arm(tail, chunk) if replies else None
                 if on_marker is not None:
                     self._fire(on_marker)
