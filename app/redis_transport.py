@@ -205,9 +205,7 @@ class _ClaimingChannel(_RedisChannel):  # type: ignore[misc]
             command = ["BLMOVE", key, key, "RIGHT", "RIGHT", timeout or self.brpop_timeout or 0]
             self._pending = "wait"
         else:
-            names = [self._prefixed(key) for _, key in keys]
-            names += [self._prefixed(self.unacked_key), self._prefixed(self.unacked_index_key)]
-            command = ["EVALSHA", self._script_sha(), len(names), *names, repr(time.time())]
+            command = self._claim_command([key for _, key in keys])
             self._claim_keys = keys
             self._pending = "claim"
         self._in_poll = connection
@@ -253,7 +251,6 @@ class _ClaimingChannel(_RedisChannel):  # type: ignore[misc]
         except redis.exceptions.ResponseError as exc:
             # Refused (a full `noeviction` server refuses scripts that write):
             # nothing ran, nothing was taken. Pause rather than spin.
-            self._found_nothing = False
             self._claim_paused_until = time.monotonic() + REFUSED_CLAIM_PAUSE_SECONDS
             log.warning("Redis refused to hand out messages: nothing taken, trying again shortly: %s", exc)
             raise Empty() from None
@@ -269,10 +266,9 @@ class _ClaimingChannel(_RedisChannel):  # type: ignore[misc]
     def _get(self, queue: str) -> Any:
         """Take one message for `basic_get`, claimed like the consumer's."""
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps]
-        names = [self._prefixed(key) for key in (*keys, self.unacked_key, self.unacked_index_key)]
         with self.conn_or_acquire() as client:
             try:
-                reply = self._run_claim(client, names)
+                reply = self._run_claim(client, keys)
             finally:
                 self._maybe_update_queues_expire(client, queue)
         if not reply:
@@ -294,15 +290,19 @@ class _ClaimingChannel(_RedisChannel):  # type: ignore[misc]
         self.connection.claimed_tags.discard(delivery_tag)
         self.qos._remove_from_indices(delivery_tag).execute()
 
-    def _run_claim(self, client: Any, names: list[str]) -> Any:
+    def _claim_command(self, keys: list[str], client: Any = None) -> list[Any]:
+        """The claim over `keys`, tried in order: EVALSHA with every key prefixed, the unacked hash and index last."""
+        names = [self._prefixed(key) for key in (*keys, self.unacked_key, self.unacked_index_key)]
+        return ["EVALSHA", self._script_sha(client), len(names), *names, repr(time.time())]
+
+    def _run_claim(self, client: Any, keys: list[str]) -> Any:
         # redis.Redis's own execute_command: kombu's prefixing client would
-        # prefix the first key again (these names carry the prefix already).
-        args = (len(names), *names, repr(time.time()))
+        # prefix the first key again (the claim's names carry the prefix already).
         try:
-            return redis.Redis.execute_command(client, "EVALSHA", self._script_sha(client), *args)
+            return redis.Redis.execute_command(client, *self._claim_command(keys, client))
         except redis.exceptions.NoScriptError:
             self._claim_sha = None
-            return redis.Redis.execute_command(client, "EVALSHA", self._script_sha(client), *args)
+            return redis.Redis.execute_command(client, *self._claim_command(keys, client))
 
     def _script_sha(self, client: Any = None) -> str:
         if self._claim_sha is None:
