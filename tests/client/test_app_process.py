@@ -1,4 +1,4 @@
-"""The app process dies: SIGKILL with events in the spool, SIGTERM with events in memory."""
+"""The app process dies: SIGKILL with events in the spool, SIGTERM with events in memory or in an outage."""
 
 from __future__ import annotations
 
@@ -7,13 +7,18 @@ import json
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 import redis
+from sqlalchemy import Engine, func, select
 
-from tests.client.conftest import BreakableRedis
+from app.db.models import MetricEvent
+from tests.client.conftest import BreakableRedis, ClientFactory
+from tests.integration.conftest import WorkerFactory
 from tests.support.services import free_port, wait_until
+from tests.support.worker import total
 
 pytestmark = pytest.mark.integration
 
@@ -35,9 +40,41 @@ signal.pause()
 """
 
 
-def run_app(tmp_path: Path, broker_url: str, count: int, *, flush: bool, **env: str) -> subprocess.Popen[str]:
+# A web process shut down gracefully (as uvicorn or gunicorn do): its own SIGTERM handler only
+# asks it to stop, the client's runs first (close), and a request still in flight finishes after.
+GRACEFUL_APP = """
+import signal, sys, threading
+from panic_metrics_client import flush, get_client, record_panic_request_metrics
+stopping = threading.Event()
+signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+get_client().start()
+zone, flushed, in_flight = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def request():
+    return record_panic_request_metrics.delay(
+        service_type="security", status="accepted", zone=zone, firm_id="f1", response_time=1.5
+    )
+ids = [request() for _ in range(flushed)]
+assert flush(60)
+ids += [request() for _ in range(in_flight)]
+print(" ".join(str(i) for i in ids), flush=True)
+while not stopping.wait(0.05):
+    pass
+print(request(), flush=True)
+"""
+
+
+def run_app(
+    tmp_path: Path,
+    broker_url: str,
+    count: int,
+    *,
+    flush: bool,
+    script_text: str = APP,
+    args: list[str] | None = None,
+    **env: str,
+) -> subprocess.Popen[str]:
     script = tmp_path / "app_process.py"
-    script.write_text(APP)
+    script.write_text(script_text)
     environment = {
         "PANIC_METRICS_BROKER_URL": broker_url,
         "PANIC_METRICS_SPOOL_DIR": str(tmp_path / "spool"),
@@ -47,7 +84,7 @@ def run_app(tmp_path: Path, broker_url: str, count: int, *, flush: bool, **env: 
         **env,
     }
     return subprocess.Popen(
-        [sys.executable, str(script), str(count), "flush" if flush else "keep"],
+        [sys.executable, str(script), *(args or [str(count), "flush" if flush else "keep"])],
         env=environment,
         stdout=subprocess.PIPE,
         text=True,
@@ -123,3 +160,58 @@ def test_sigterm_sends_what_is_in_memory(tmp_path: Path, breakable_redis: Breaka
         app.kill()
         close(app)
     assert sorted(queued_event_ids(breakable_redis)) == sorted(ids)
+
+
+def stored_count(engine: Engine, ids: list[str]) -> int:
+    with engine.connect() as connection:
+        query = select(func.count()).select_from(MetricEvent).where(MetricEvent.event_id.in_(ids))
+        return int(connection.execute(query).scalar_one())
+
+
+def test_a_deploy_during_an_outage_keeps_every_spooled_event(
+    tmp_path: Path,
+    breakable_redis: BreakableRedis,
+    make_client: ClientFactory,
+    start_worker: WorkerFactory,
+    pg_engine: Engine,
+) -> None:
+    """Broker away, spool over half full, SIGTERM with requests in flight, a late request answered: all stored once."""
+    unique = f"t{uuid.uuid4().hex[:10]}"
+    breakable_redis.stop()  # refused for the whole life of the app process
+    app = run_app(
+        tmp_path,
+        breakable_redis.url,
+        0,
+        flush=False,
+        script_text=GRACEFUL_APP,
+        args=[unique, "3000", "200"],
+        PANIC_METRICS_SPOOL_MAX_BYTES="1000000",
+        PANIC_METRICS_RETRY_INTERVAL_MS="200",
+    )
+    try:
+        assert app.stdout is not None
+        ids = app.stdout.readline().split()
+        assert len(ids) == 3_200
+        app.send_signal(signal.SIGTERM)
+        ids.append(app.stdout.readline().strip())  # the request that finished during the shutdown
+        assert app.wait(timeout=60) == 0
+    finally:
+        app.kill()
+        close(app)
+    assert len(set(ids)) == 3_201
+
+    breakable_redis.start()
+    worker = start_worker(BROKER_URL=breakable_redis.url)
+    heir = make_client(broker_url=breakable_redis.url)  # the next process on the host adopts the spool
+    heir.start()
+    wait_until(lambda: stored_count(pg_engine, ids) == len(ids), timeout=180, what="every spooled event stored")
+    stats = heir.stats()
+    assert stats["dropped_spool_full"] == stats["spool_events"] == 0
+    assert stats["sent"] >= len(ids)
+    wait_until(
+        lambda: total(worker.scrape(), "panic_requests_total", zone=unique) == len(ids),
+        timeout=60,
+        what="every event counted",
+    )
+    assert stored_count(pg_engine, ids) == 3_201
+    assert total(worker.scrape(), "panic_requests_total", zone=unique) == 3_201

@@ -192,7 +192,9 @@ class Client:
             self._ensure_started()
         text = event_json(event)
         if self._closed:
-            self._spool.append([event_message(text)])  # at exit, after close: straight to disk
+            # After close (a request finishing during a graceful shutdown): straight to this
+            # process's own spool file, counted like any spooled event; never raises into the request.
+            self._to_spool([event_message(text)])
             return
         if len(self._queue) >= self.settings.queue_size:
             self._count("dropped_queue_full", 1, "dropped")

@@ -4,8 +4,13 @@ One SQLite file per process (WAL, synchronous=FULL), held with an exclusive
 flock on a sidecar lock file for the life of the process. The kernel releases
 that lock when the process dies, however it dies, so the next process to
 start finds the file unlocked and adopts its messages (SIGKILL loses nothing
-that reached the spool). The cap counts the stored message bytes; past it the
-oldest messages are dropped, and every dropped event is counted and logged.
+that reached the spool). A process never adopts its own file: closing a
+non-empty spool keeps its lock until the process exits, so an event recorded
+after `close()` (a request finishing during a graceful shutdown) goes to the
+same file, and no sibling adopts it while the process lives. The byte and
+event counts are read from the file whenever it is opened, never carried over
+from memory. The cap counts the stored message bytes; past it the oldest
+messages are dropped, and every dropped event is counted and logged.
 """
 
 from __future__ import annotations
@@ -61,6 +66,11 @@ class Spool:
     def _open(self) -> sqlite3.Connection:
         if self._db is not None:
             return self._db
+        if self.path is not None and self._lock_file is not None:
+            # Closed while it held messages, and still locked by us: reopened, never adopted.
+            self._db = _connect(self.path)
+            self._count_from_file(self._db)
+            return self._db
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"spool-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         # Locked before it is visible under its name, so no other process ever sees it unlocked.
@@ -69,8 +79,13 @@ class Spool:
         temporary.rename(self.directory / f"{name}.lock")
         self.path = self.directory / f"{name}.sqlite3"
         self._db = _connect(self.path)
+        self._count_from_file(self._db)
         self._adopt_orphans()
         return self._db
+
+    def _count_from_file(self, db: sqlite3.Connection) -> None:
+        totals = db.execute("SELECT COALESCE(SUM(bytes), 0), COALESCE(SUM(events), 0) FROM messages").fetchone()
+        self.bytes, self.events = int(totals[0]), int(totals[1])
 
     def _adopt_orphans(self) -> None:
         # Files of processes that died with messages in them: their lock is free.
@@ -117,9 +132,7 @@ class Spool:
     def open(self) -> None:
         """Open (or create) this process's file and adopt the files of dead processes."""
         with self._lock:
-            db = self._open()
-            totals = db.execute("SELECT COALESCE(SUM(bytes), 0), COALESCE(SUM(events), 0) FROM messages").fetchone()
-            self.bytes, self.events = int(totals[0]), int(totals[1])
+            self._open()
 
     def append(self, messages: list[Message]) -> None:
         """Store `messages` after those already waiting; drop the oldest past the cap (counted)."""
@@ -176,17 +189,24 @@ class Spool:
                 self.bytes = self.events = 0
 
     def close(self) -> None:
-        """Close the file; an empty one is deleted, a non-empty one waits for the next process."""
+        """Close the file; an empty one is deleted, a non-empty one waits for the next process.
+
+        A non-empty file stays locked until this process exits (the kernel then
+        releases the lock and the next process adopts it): an event appended after
+        `close()` reopens the same file instead of creating one that would adopt it.
+        """
         with self._lock:
             if self._db is None or self.path is None:
                 return
             empty = self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
             self._db.close()
             self._db = None
-            if empty:
-                for suffix in ("", "-wal", "-shm"):
-                    Path(str(self.path) + suffix).unlink(missing_ok=True)
-                self.path.with_suffix(".lock").unlink(missing_ok=True)
+            if not empty:
+                return
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(self.path) + suffix).unlink(missing_ok=True)
+            self.path.with_suffix(".lock").unlink(missing_ok=True)
+            self.path = None
             if self._lock_file is not None:
                 os.close(self._lock_file)
                 self._lock_file = None
