@@ -79,6 +79,7 @@ class Client:
         self._counts_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._stop_deadline = 0.0
         self._closed = False
         self._flush_requests = 0
         self._flushes_done = 0
@@ -167,6 +168,7 @@ class Client:
             self._closed = True
         thread = self._thread
         if thread is not None:
+            self._stop_deadline = time.monotonic() + timeout
             self._stopping = True
             self._wake.set()
             thread.join(timeout)
@@ -294,8 +296,18 @@ class Client:
                 self._flushes_done = flushing
                 self._idle.notify_all()
             if stopping and not self._queue:
+                self._drain_before_stop()
                 self._spool.close()
                 return
+
+    def _drain_before_stop(self) -> None:
+        # A one-shot process (a script, a cron job) lives only this long: what it adopted from
+        # earlier processes goes out now too, within the bound close() waits, while the broker answers.
+        try:
+            while self._spool.events and self._broker_down_until <= time.monotonic() < self._stop_deadline:
+                self._resend_spooled()
+        except Exception:
+            logger.exception("metrics spool could not be resent at exit; it waits for the next process")
 
     def _adopt_now_and_then(self) -> None:
         # A sibling process (another web worker) that exited with a non-empty spool.

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kombu import Connection
+from kombu.transport import resolve_transport
 
 from panic_metrics_client.messages import EVENTS_QUEUE, Message, body, headers
 from panic_metrics_client.settings import ClientSettings
@@ -47,6 +48,10 @@ class Publisher:
         self.settings = settings
         self._connection: Connection | None = None
         self._producer: Any = None
+        # The transport and its client library are imported now, not at the first publish: a
+        # one-shot script's first publish happens at interpreter exit, when an import that
+        # registers an exit hook (redis-py's does, through concurrent.futures) is refused.
+        resolve_transport(Connection(settings.broker_url).transport_cls)
 
     def _producer_for_use(self) -> Any:
         if self._producer is None:
