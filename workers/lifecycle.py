@@ -18,6 +18,7 @@ from app.db.session import dispose_engines
 from app.http.server import EndpointServer, housekeeper, refuse_unsafe_exposure
 from app.metrics import multiproc_dir
 from app.metrics.multiproc import wipe_directory
+from app.metrics.writers import require_values_in_directory
 from workers.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,18 @@ def _stop_probe(**_: Any) -> None:
 
 
 @signals.worker_init.connect
+def _values_in_the_directory(**_: Any) -> None:
+    # The main process counts too (the endpoint's own series, failures at a
+    # hard time limit), and its pool children inherit its value class. Before
+    # the pool starts: a refused worker consumes nothing. SystemExit, because
+    # Celery logs and ignores any other exception a signal handler raises.
+    try:
+        require_values_in_directory()
+    except RuntimeError as exc:
+        raise SystemExit(f"panic-metrics: refusing to start: {exc}") from exc
+
+
+@signals.worker_init.connect
 def _refuse_public_endpoint_without_credentials(**_: Any) -> None:
     # Before the pool starts, so a refused worker consumes nothing.
     settings = get_settings()
@@ -151,6 +164,15 @@ def _stop_endpoint(**_: Any) -> None:
     housekeeper().stop()
     if _endpoint is not None:
         _endpoint.stop()
+
+
+@signals.worker_process_init.connect
+def _child_values_in_the_directory(**_: Any) -> None:
+    # Inherited from the main process, checked again: a child counts every task it runs.
+    try:
+        require_values_in_directory()
+    except RuntimeError as exc:
+        raise SystemExit(f"panic-metrics: pool child refusing to start: {exc}") from exc
 
 
 @signals.worker_process_init.connect

@@ -27,6 +27,7 @@ from app.http.access import AccessControl, exposure_problem, tls_options
 from app.metrics import counting, multiproc_dir
 from app.metrics.housekeeping import Housekeeper, scrape
 from app.metrics.multiproc import prepare_directory
+from app.metrics.writers import require_values_in_directory
 from app.store import resolve_attempt
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ def serve_forever(host: str, port: int) -> None:
     """Serve the endpoint in the foreground (the standalone command), compacting the directory it shares."""
     settings = get_settings()
     refuse_unsafe_exposure(settings, host)
+    require_values_in_directory()
     _log_start(settings, host, port)
     keeper = housekeeper()
     prepare_directory(keeper.path)

@@ -6,14 +6,17 @@ variable is set, every metric of the process lives in its own memory and
 never reaches the directory, silently. So the entry points (the Celery app
 module, the `panic-metrics` command) import this package before anything
 that imports prometheus_client (the client package does), this package sets
-the variable from the settings when the environment has not, and it refuses
-to load in a process where prometheus_client was imported without it.
+the variable from the settings when the environment has not.
+
+prometheus_client may have been imported without it all the same (`celery`
+loads Flower's command before `-A` imports our app): a process that only
+inspects, controls or publishes runs anyway, and one that writes metrics
+checks its values when it starts (app.metrics.writers).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 from app.config import load_settings
@@ -27,21 +30,10 @@ def multiproc_dir() -> Path:
     return Path(os.environ[MULTIPROC_DIR_VARIABLE])
 
 
-def _refuse_single_process_values() -> None:
-    values = sys.modules.get("prometheus_client.values")
-    if values is not None and values.ValueClass is values.MutexValue:
-        raise RuntimeError(
-            "prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set, so this process's "
-            "metrics would never reach the multiprocess directory: set PROMETHEUS_MULTIPROC_DIR, or import "
-            "app.metrics first in the entry point"
-        )
-
-
 def _point_prometheus_client_at_the_directory() -> None:
     if MULTIPROC_DIR_VARIABLE not in os.environ:
         # load_settings, not get_settings: the latter imports the client package, and with it prometheus_client.
         os.environ[MULTIPROC_DIR_VARIABLE] = str(load_settings().prometheus_multiproc_dir.resolve())
-    _refuse_single_process_values()
     directory = multiproc_dir()
     directory.mkdir(parents=True, exist_ok=True)
     # Before any metric file of this process exists: a compactor may merge a

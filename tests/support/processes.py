@@ -11,20 +11,32 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class LoggedProcess:
-    """Runs `argv` from the repository root with `env`, stdout and stderr appended to `log_path`."""
+    """Runs `argv` from `cwd` (the repository root) with `env` over the test's, output appended to `log_path`.
+
+    `inherit=False` gives it `env` alone: an operator's fresh shell.
+    """
 
     stop_timeout = 30.0
 
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        log_path: Path,
+        *,
+        inherit: bool = True,
+        cwd: Path = ROOT,
+    ) -> None:
         self.argv = list(argv)
-        self.env = {**os.environ, **env}
+        self.env = {**os.environ, **env} if inherit else dict(env)
         self.log_path = log_path
+        self.cwd = cwd
         self.process: subprocess.Popen[bytes] | None = None
 
     def start_process(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
-            self.process = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=log)
+            self.process = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdout=log, stderr=log)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

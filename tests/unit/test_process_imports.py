@@ -88,12 +88,72 @@ def test_entry_points_set_the_directory_before_prometheus_client_loads(entry_poi
     }
 
 
-def test_metrics_refuse_a_prometheus_client_imported_without_the_directory(tmp_path: Path) -> None:
-    """prometheus_client imported before the variable was set: app.metrics stops the process with one clear error."""
-    done = run_python("import prometheus_client, app.metrics", tmp_path, PROMETHEUS_MULTIPROC_DIR=None)
+#: How each process that writes metrics starts, after prometheus_client was imported without the variable.
+SIGNAL = "from celery import signals; import workers.lifecycle; signals.{}.send(sender=None)"
+WRITER_STARTS = {
+    "worker main process": SIGNAL.format("worker_init"),
+    "pool child": SIGNAL.format("worker_process_init"),
+    "standalone endpoint": "from app.http.server import serve_forever; serve_forever('127.0.0.1', 0)",
+    "task body in a shell": "from workers.lifecycle import consuming_probe; consuming_probe('probed')",
+}
+
+#: What `celery status`, `inspect`, `call` or Flower load: the app, and a publish, with no metric written.
+INSPECT_AND_PUBLISH = """
+    import prometheus_client, workers.celery_app, workers.tasks.events, workers.tasks.scheduled
+    from prometheus_client import values
+    print(values.ValueClass is values.MutexValue)
+"""
+
+
+def test_a_process_that_only_inspects_or_publishes_runs_with_prometheus_client_imported_first(tmp_path: Path) -> None:
+    """prometheus_client imported before the variable was set (`celery` does, through Flower): the app loads."""
+    done = run_python(INSPECT_AND_PUBLISH, tmp_path, PROMETHEUS_MULTIPROC_DIR=None)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"  # untouched: Flower's own metrics stay Flower's
+
+
+@pytest.mark.parametrize("start", WRITER_STARTS.values(), ids=WRITER_STARTS.keys())
+def test_a_writer_refuses_series_already_kept_in_its_own_memory(start: str, tmp_path: Path) -> None:
+    """prometheus_client imported without the directory and a series recorded: a writer stops, naming the variable."""
+    code = f"""
+        import prometheus_client, app.metrics
+        from app.metrics import definitions as m
+        m.CACHE_REQUESTS.labels(result="hit").inc()
+        {start}
+    """
+    done = run_python(code, tmp_path, PROMETHEUS_MULTIPROC_DIR=None)
 
     assert done.returncode != 0
-    assert "RuntimeError: prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set" in done.stderr
+    assert "prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set" in done.stderr
+    assert "cache_requests in its own memory" in done.stderr
+    assert "set PROMETHEUS_MULTIPROC_DIR before the process starts" in done.stderr
+
+
+#: The standalone endpoint serves once started; its fresh-shell start is tested on a real one (test_fresh_shell.py).
+STARTS_THAT_RETURN = {name: start for name, start in WRITER_STARTS.items() if name != "standalone endpoint"}
+
+
+@pytest.mark.parametrize("start", STARTS_THAT_RETURN.values(), ids=STARTS_THAT_RETURN.keys())
+def test_a_writer_started_after_prometheus_client_writes_to_the_directory(start: str, tmp_path: Path) -> None:
+    """prometheus_client imported without the directory, nothing recorded yet: a writer's series go to the directory."""
+    code = f"""
+        import json, os, prometheus_client, app.metrics
+        from prometheus_client import values
+        from app.metrics import definitions as m
+        {start}
+        m.CACHE_REQUESTS.labels(result="hit").inc()
+        print(json.dumps({{
+            "multiprocess": values.ValueClass is not values.MutexValue,
+            "files": sorted(os.listdir(app.metrics.multiproc_dir())),
+        }}))
+    """
+    done = run_python(code, tmp_path, PROMETHEUS_MULTIPROC_DIR=None)
+
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["multiprocess"] is True
+    assert any(name.startswith("counter_") for name in result["files"])
 
 
 def test_metrics_accept_a_prometheus_client_imported_with_the_directory(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from celery import Task
 from celery.exceptions import Retry
 
 from app.metrics import definitions as m
+from app.metrics.writers import require_values_in_directory
 
 
 class MetricsTask(Task):  # type: ignore[type-arg]
@@ -27,6 +28,8 @@ class MetricsTask(Task):  # type: ignore[type-arg]
     abstract = True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # A body counts wherever it runs: a pool child (checked at its start), or called in a shell.
+        require_values_in_directory()
         started = time.perf_counter()
         try:
             result = super().__call__(*args, **kwargs)
