@@ -53,8 +53,8 @@ log = logging.getLogger(__name__)
 DAMAGED_DIR = "damaged"
 #: Copies kept in ``damaged/``, newest first: evidence for an operator, bounded in disk.
 DAMAGED_KEPT = 100
-#: What a writer's work files are called while a repaired file is being written (never ``.db``).
-_REPAIR_SUFFIX = ".repair"
+#: The work file of a repaired file while it is written (never ``.db``); a crash leaves it for the next wipe.
+REPAIR_SUFFIX = ".repair"
 
 _HEADER = struct.Struct(b"i")  # the library's native layouts, exactly
 _VALUES = struct.Struct(b"dd")
@@ -201,7 +201,7 @@ def set_aside(directory: Path, file: Path, found: FileRead) -> bool:
 
 
 def _rewrite(file: Path, entries: tuple[Entry, ...]) -> None:
-    work = file.with_name(file.name + _REPAIR_SUFFIX)
+    work = file.with_name(file.name + REPAIR_SUFFIX)
     work.unlink(missing_ok=True)  # MmapedDict would append to a leftover
     mmaped = MmapedDict(str(work))
     try:

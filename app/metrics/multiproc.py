@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 
 from app.metrics.archive import JOURNAL_NAME, TMP_SUFFIX, archive_name, db_files, partials_name, recover_locked
 from app.metrics.compaction import CompactionReport, compact
-from app.metrics.damage import damaged, set_aside_damaged
+from app.metrics.damage import REPAIR_SUFFIX, damaged, set_aside_damaged
 from app.metrics.exact import ADDITIVE_PREFIXES, PARTIALS_SUFFIX, accumulate, add_archived, read_metrics, read_partials
 from app.metrics.guards import directory_lock, pid_alive
 from app.metrics.pending import PREFIX as PENDING_PREFIX
@@ -93,6 +93,7 @@ def wipe_directory(path: Path) -> None:
         (path / JOURNAL_NAME).unlink(missing_ok=True)
         for f in [
             *path.glob("*" + TMP_SUFFIX),
+            *path.glob("*" + REPAIR_SUFFIX),
             *path.glob("*.db"),
             *path.glob("*" + PARTIALS_SUFFIX),
             *path.glob(PENDING_PREFIX + "*"),
