@@ -27,6 +27,7 @@ from app.metrics.archive import (
     recover_locked,
     total_bytes,
 )
+from app.metrics.damage import set_aside_damaged
 from app.metrics.guards import directory_lock, leased_pids, release_dead_lease, try_dead_lease
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class CompactionReport:
     unresolved_pids: tuple[int, ...] = ()
     #: Pending records of dead processes settled: (committed, rolled back).
     resolved_records: tuple[int, int] = (0, 0)
+    #: Damaged files moved into ``damaged/`` (app.metrics.damage), what they held whole left in place.
+    set_aside_files: tuple[str, ...] = ()
 
 
 def compact(
@@ -100,6 +103,9 @@ def compact(
         dead = [pid for pid in dead if pid not in unresolved]
         with directory_lock(path, exclusive=True):
             recovered = recover_locked(path)
+            # A damaged file would fail the merge on every pass: set it aside
+            # first (app.metrics.damage), keeping what it held whole.
+            set_aside = set_aside_damaged(path, db_files(path), dead=frozenset(str(pid) for pid in dead))
             before = db_files(path)
             bytes_before = total_bytes(before)
             settled = _settle_pending(decisions, dead)
@@ -119,6 +125,7 @@ def compact(
         unproven_pids=tuple(unproven),
         unresolved_pids=tuple(sorted(unresolved)),
         resolved_records=settled,
+        set_aside_files=tuple(set_aside),
     )
 
 

@@ -93,6 +93,8 @@ def initialise_fixed_series() -> None:
         m.CREDITS.labels(type=credit_type)
     for result in ("hit", "miss"):
         m.CACHE_REQUESTS.labels(result=result)
+    for reason in m.SET_ASIDE_REASONS:
+        m.MULTIPROC_FILES_SET_ASIDE.labels(reason=reason)
 
 
 def now() -> datetime:

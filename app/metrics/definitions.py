@@ -282,3 +282,16 @@ ENDPOINT_UNAUTHORIZED = Counter(
     "Requests to the endpoint refused for missing or invalid credentials (reason: missing, invalid).",
     ["reason"],
 )
+
+# --- the multiprocess directory (app.metrics.damage) ----------------------------
+
+#: Why a metric file was set aside: shorter than a header or never written
+#: (its owner dead), its length header impossible, cut short before the
+#: length it declares, an entry that is not one, a name no collector reads.
+SET_ASIDE_REASONS = ("empty", "bad_header", "truncated", "bad_entry", "unknown_name")
+MULTIPROC_FILES_SET_ASIDE = Counter(
+    "metrics_multiproc_files_set_aside_total",
+    "Damaged metric files moved out of the multiprocess directory into its damaged/ folder, by reason "
+    "(empty, bad_header, truncated, bad_entry, unknown_name); what they held whole is still served.",
+    ["reason"],
+)

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from app.metrics.archive import JOURNAL_NAME, TMP_SUFFIX, archive_name, db_files, partials_name, recover_locked
 from app.metrics.compaction import CompactionReport, compact
+from app.metrics.damage import REPAIR_SUFFIX, damaged, set_aside_damaged
 from app.metrics.exact import ADDITIVE_PREFIXES, PARTIALS_SUFFIX, accumulate, add_archived, read_metrics, read_partials
 from app.metrics.guards import directory_lock, pid_alive
 from app.metrics.pending import PREFIX as PENDING_PREFIX
@@ -92,6 +93,7 @@ def wipe_directory(path: Path) -> None:
         (path / JOURNAL_NAME).unlink(missing_ok=True)
         for f in [
             *path.glob("*" + TMP_SUFFIX),
+            *path.glob("*" + REPAIR_SUFFIX),
             *path.glob("*.db"),
             *path.glob("*" + PARTIALS_SUFFIX),
             *path.glob(PENDING_PREFIX + "*"),
@@ -127,11 +129,15 @@ class DirectoryCollector(Collector):
         """Read every ``*.db`` file, archives included, as one consistent state."""
         with directory_lock(self._dir, exclusive=False):
             # A compactor holds the exclusive lock for a whole merge, so a
-            # journal seen here belongs to one that died half way.
-            if not (self._dir / JOURNAL_NAME).exists():
+            # journal seen here belongs to one that died half way. A damaged
+            # file would fail the library's reader: it is set aside first
+            # (app.metrics.damage), under the exclusive lock so that two
+            # scrapes never set the same file aside twice.
+            if not (self._dir / JOURNAL_NAME).exists() and not damaged(db_files(self._dir)):
                 return self._read()
         with directory_lock(self._dir, exclusive=True):
             recover_locked(self._dir)
+            set_aside_damaged(self._dir, db_files(self._dir))
             return self._read()
 
 

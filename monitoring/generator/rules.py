@@ -355,6 +355,17 @@ ALERTS: list[Alert] = [
         description="Merging dead processes' metric files failed on {{ $labels.instance }}; the logs say why.",
     ),
     Alert(
+        name="MultiprocFileSetAside",
+        expr=f"increase(metrics_multiproc_files_set_aside_total{{{W}}}[{t.MULTIPROC_SET_ASIDE_WINDOW}]) > 0",
+        for_="0m",
+        severity="warning",
+        summary="A damaged metric file was set aside on {{ $labels.instance }} ({{ $labels.reason }})",
+        description=(
+            "A file in the multiprocess directory on {{ $labels.instance }} could not be read whole; it was moved"
+            " into its damaged/ folder and only what it held whole is still served (the logs name it)."
+        ),
+    ),
+    Alert(
         name="MetricsScrapeSlow",
         expr=f"metrics_scrape_duration_seconds{{{W}}} > {t.SCRAPE_SECONDS}",
         for_=t.SCRAPE_FOR,

@@ -79,5 +79,7 @@ JOB_STALE_FOR = "2m"
 # --- the multiprocess directory and the endpoint -----------------------------------
 MULTIPROC_FILES = 500
 MULTIPROC_FOR = "30m"
+#: How long a damaged metric file set aside keeps its alert firing (a one-off event, not a state).
+MULTIPROC_SET_ASIDE_WINDOW = "1h"
 SCRAPE_SECONDS = 2.0
 SCRAPE_FOR = "10m"
