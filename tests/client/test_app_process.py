@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -15,6 +16,7 @@ import redis
 from sqlalchemy import Engine, func, select
 
 from app.db.models import MetricEvent
+from panic_metrics_client.messages import Message
 from tests.client.conftest import BreakableRedis, ClientFactory
 from tests.integration.conftest import WorkerFactory
 from tests.support.services import free_port, wait_until
@@ -61,6 +63,34 @@ while not stopping.wait(0.05):
     pass
 print(request(), flush=True)
 """
+
+
+# A web process under steady load: records HTTP requests and panic requests until it is killed.
+STREAMING_APP = """
+import time
+from panic_metrics_client import get_client, record_http_request_metrics, record_panic_request_metrics
+get_client().start()
+print("recording", flush=True)
+while True:
+    for _ in range(20):
+        record_http_request_metrics(method="GET", endpoint="/api/{id}", status=200, duration=0.01)
+    record_panic_request_metrics.delay(service_type="fire", status="requested", zone="z", firm_id="f1")
+    time.sleep(0.002)
+"""
+
+
+def spooled_event_ids(directory: Path) -> list[str]:
+    """The event ids in every spool file of `directory`, read from the files."""
+    ids = []
+    for path in directory.glob("spool-*.sqlite3"):
+        with sqlite3.connect(path) as db:
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages'").fetchone() is None:
+                continue  # just created: nothing in it yet
+            for (text,) in db.execute("SELECT body FROM messages"):
+                message = Message.decode(text)
+                kwargs = json.loads(message.kwargs_json)
+                ids += [e["event_id"] for e in kwargs.get("events", [kwargs])]
+    return ids
 
 
 def run_app(
@@ -215,3 +245,34 @@ def test_a_deploy_during_an_outage_keeps_every_spooled_event(
     )
     assert stored_count(pg_engine, ids) == 3_201
     assert total(worker.scrape(), "panic_requests_total", zone=unique) == 3_201
+
+
+def test_a_process_killed_mid_stream_loses_nothing_that_reached_its_spool(
+    tmp_path: Path, breakable_redis: BreakableRedis
+) -> None:
+    """SIGKILL while events stream into the spool: every event in the file is sent by the next process, once."""
+    refused = f"redis://127.0.0.1:{free_port()}/0"
+    app = run_app(tmp_path, refused, 0, flush=False, script_text=STREAMING_APP, PANIC_METRICS_RETRY_INTERVAL_MS="200")
+    spool = tmp_path / "spool"
+    try:
+        assert app.stdout is not None
+        assert app.stdout.readline().strip() == "recording"
+        wait_until(lambda: len(spooled_event_ids(spool)) >= 5_000, timeout=60, what="events streaming into the spool")
+    finally:
+        app.send_signal(signal.SIGKILL)
+        app.wait(timeout=10)
+        close(app)
+    on_disk = spooled_event_ids(spool)
+    assert len(on_disk) == len(set(on_disk)) >= 5_000
+
+    heir = run_app(tmp_path, breakable_redis.url, 0, flush=True)
+    try:
+        wait_until(
+            lambda: len(queued_event_ids(breakable_redis)) >= len(on_disk), timeout=60, what="the spool on the broker"
+        )
+    finally:
+        heir.terminate()
+        heir.wait(timeout=10)
+        close(heir)
+    queued = queued_event_ids(breakable_redis)
+    assert sorted(queued) == sorted(on_disk)  # all of it, each once, and nothing it never held

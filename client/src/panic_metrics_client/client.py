@@ -39,8 +39,10 @@ logger = logging.getLogger("panic_metrics_client")
 # One message per web request would be one broker message and one stored row per
 # request: these travel together in `record_events` messages (one INSERT each).
 HIGH_RATE_KINDS = frozenset({"http_request", "gauge_report"})
-# Spooled messages resent per cycle, so new events keep moving into the spool meanwhile.
+# Spooled messages resent per cycle, so new events keep moving into the spool meanwhile; and
+# no more bytes than this read for one attempt (a retry against a broker still away reads little).
 DRAIN_CHUNK = 200
+DRAIN_BYTES = 1024 * 1024
 # Low-rate kinds go out one message each under their own task names, unless more than
 # this many arrived since the sender's last cycle: then they travel batched too.
 BURST_OVER = 20
@@ -404,7 +406,7 @@ class Client:
                 return
 
     def _resend_spooled(self) -> None:
-        waiting = self._spool.oldest(DRAIN_CHUNK)
+        waiting = self._spool.oldest(DRAIN_CHUNK, max_bytes=DRAIN_BYTES)
         sent = []
         try:
             for spooled in waiting:

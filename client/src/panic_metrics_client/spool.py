@@ -110,18 +110,27 @@ class Spool:
                 os.close(fd)
 
     def _move_from(self, orphan: Path) -> int:
+        # SQLite copies the rows from file to file (ATTACH, INSERT ... SELECT): an orphan of any
+        # size streams through its page cache, never into this process's memory at once.
         db = self._open()
-        other = _connect(orphan)
+        db.execute("ATTACH DATABASE ? AS orphan", (str(orphan),))
         try:
-            rows = other.execute("SELECT body, events, bytes FROM messages ORDER BY id").fetchall()
+            if db.execute("SELECT 1 FROM orphan.sqlite_master WHERE name = 'messages'").fetchone() is None:
+                return 0  # created, never written
+            with db:
+                moved, size, events = db.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(bytes), 0), COALESCE(SUM(events), 0) FROM orphan.messages"
+                ).fetchone()
+                db.execute(
+                    "INSERT INTO messages (body, events, bytes)"
+                    " SELECT body, events, bytes FROM orphan.messages ORDER BY id"
+                )
         finally:
-            other.close()
-        with db:
-            db.executemany("INSERT INTO messages (body, events, bytes) VALUES (?, ?, ?)", rows)
-        self.bytes += sum(row[2] for row in rows)
-        self.events += sum(row[1] for row in rows)
+            db.execute("DETACH DATABASE orphan")
+        self.bytes += int(size)
+        self.events += int(events)
         self._enforce_cap()
-        return len(rows)
+        return int(moved)
 
     def adopt_orphans(self) -> None:
         """Move the messages of spool files whose process died into this one, oldest file first."""
@@ -151,28 +160,48 @@ class Spool:
         if self.bytes <= self.max_bytes:
             return
         db = self._open()
-        dropped_events = 0
+        # Walk the oldest rows only as far as the overshoot reaches (a cursor, not the whole
+        # spool in memory), then drop them in one statement.
+        over = self.bytes - self.max_bytes
+        freed = dropped_events = 0
+        last_id = None
+        oldest = db.execute("SELECT id, events, bytes FROM messages ORDER BY id")
+        for row_id, events, size in oldest:
+            if freed >= over:
+                break
+            last_id, freed, dropped_events = row_id, freed + size, dropped_events + events
+        oldest.close()
+        if last_id is None:
+            return
         with db:
-            for row_id, events, size in db.execute("SELECT id, events, bytes FROM messages ORDER BY id").fetchall():
-                if self.bytes <= self.max_bytes:
-                    break
-                db.execute("DELETE FROM messages WHERE id = ?", (row_id,))
-                self.bytes -= size
-                self.events -= events
-                dropped_events += events
+            db.execute("DELETE FROM messages WHERE id <= ?", (last_id,))
+        self.bytes -= freed
+        self.events -= dropped_events
         self.dropped_events += dropped_events
         logger.error(
             "spool full: oldest events dropped",
             extra={"dropped_events": dropped_events, "max_bytes": self.max_bytes},
         )
 
-    def oldest(self, limit: int) -> list[Spooled]:
-        """Up to `limit` waiting messages, oldest first."""
+    def oldest(self, limit: int, *, max_bytes: int | None = None) -> list[Spooled]:
+        """Up to `limit` waiting messages, oldest first; with `max_bytes`, as many as fit in it (at least one)."""
         with self._lock:
             if self._db is None and not self.events:
                 return []
             db = self._open()
-            rows = db.execute("SELECT id, bytes, body FROM messages ORDER BY id LIMIT ?", (limit,)).fetchall()
+            if max_bytes is None:
+                rows = db.execute("SELECT id, bytes, body FROM messages ORDER BY id LIMIT ?", (limit,)).fetchall()
+            else:
+                # Sizes first, bodies only for what fits: a full spool of 500-event batches
+                # would otherwise put tens of MB in memory for one resend attempt.
+                taken = last_id = 0
+                sizes = db.execute("SELECT id, bytes FROM messages ORDER BY id LIMIT ?", (limit,)).fetchall()
+                for row_id, size in sizes:
+                    if last_id and taken + size > max_bytes:
+                        break
+                    taken, last_id = taken + size, row_id
+                fitting = "SELECT id, bytes, body FROM messages WHERE id <= ? ORDER BY id"
+                rows = db.execute(fitting, (last_id,)).fetchall()
         return [Spooled(row_id, size, Message.decode(text)) for row_id, size, text in rows]
 
     def remove(self, spooled: list[Spooled]) -> None:
