@@ -31,7 +31,16 @@ if ! command -v pg_ctlcluster >/dev/null; then
     exit 1
 fi
 if ! pg_lsclusters -h | awk '$1=="15" && $2=="main" {print $4}' | grep -q online; then
-    as_root pg_ctlcluster 15 main start
+    # The server outlives this script: it must not inherit our open descriptors, or a lock
+    # held around the suite (`flock /tmp/panic-metrics-suite make test`) is held by
+    # PostgreSQL for as long as it runs, and every later suite waits for it forever.
+    (
+        for fd in /proc/self/fd/*; do
+            fd=${fd##*/}
+            if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
+        done
+        as_root pg_ctlcluster 15 main start
+    )
 fi
 for _ in $(seq 1 30); do
     as_root su postgres -c "pg_isready -q" && break
