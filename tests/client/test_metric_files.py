@@ -192,3 +192,28 @@ print(getattr(values.ValueClass, "_reserved", False))
     done = run_python(script, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True"
+
+
+def test_a_forked_child_writes_its_own_file_from_zero(tmp_path: Path) -> None:
+    """As with the library's class: after a fork the child's values start from its own file, the parent's stay."""
+    script = """
+import os
+from prometheus_client import CollectorRegistry, Counter, values
+from panic_metrics_client import metric_files
+values.ValueClass = metric_files.reserved_value_class()
+counter = Counter("forked_total", "Forked.", registry=CollectorRegistry())
+counter.inc(3)
+pid = os.fork()
+if pid == 0:
+    counter.inc()
+    os._exit(0 if counter._value.get() == 1.0 else 1)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status), counter._value.get())
+"""
+    done = run_python(script, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "3.0"]
+    merged = CollectorRegistry()
+    MultiProcessCollector(merged, path=str(tmp_path))
+    assert merged.get_sample_value("forked_total") == 4.0
+    assert len(list(tmp_path.glob("counter_*.db"))) == 2
