@@ -18,6 +18,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from app.metrics import MULTIPROC_DIR_VARIABLE
 from app.metrics import definitions as m
+from panic_metrics_client import metric_files
 
 
 def _series_in_memory() -> list[str]:
@@ -34,10 +35,13 @@ def require_values_in_directory() -> None:
     app.metrics has set the variable by now. If prometheus_client picked its
     values before that and no series of ours exists yet, it takes the class
     it would have picked with the variable set before Python started (as it
-    does itself, from the same variable); a series made before that would
+    does itself, from the same variable; ours, whose files reserve their space:
+    panic_metrics_client.metric_files); a series made before that would
     stay in this process's memory, never scraped, so the process stops.
     """
     if values.ValueClass is not values.MutexValue:
+        # Multiprocess already: make sure it is the class whose files cannot SIGBUS on a full disk.
+        metric_files.install()
         return
     recorded = _series_in_memory()
     if recorded:
@@ -46,4 +50,4 @@ def require_values_in_directory() -> None:
             f"already recorded {', '.join(recorded)} in its own memory, which never reaches the multiprocess "
             f"directory: set {MULTIPROC_DIR_VARIABLE} before the process starts"
         )
-    values.ValueClass = values.get_value_class()
+    values.ValueClass = metric_files.value_class()

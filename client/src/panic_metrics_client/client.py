@@ -28,7 +28,7 @@ from typing import Any
 
 from panic_metrics_client.events import Event, GaugeReportEvent
 from panic_metrics_client.messages import Message, batch_message, event_json, event_message, kind_of
-from panic_metrics_client.metrics import metrics_for
+from panic_metrics_client.metrics import metric_file_counts, metrics_for
 from panic_metrics_client.parsing import InvalidEvent, parse_any_event, parse_event
 from panic_metrics_client.settings import ClientSettings
 from panic_metrics_client.spool import Spool
@@ -187,6 +187,7 @@ class Client:
             "dropped_spool_full": self._spool.dropped_events,
             "queued": len(self._queue) + len(self._pending),
             "spool_events": self._spool.events,
+            **metric_file_counts(),
         }
 
     # -- the call path ------------------------------------------------------------------

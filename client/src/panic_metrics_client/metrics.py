@@ -13,6 +13,11 @@ HAS_PROMETHEUS = importlib.util.find_spec("prometheus_client") is not None
 if HAS_PROMETHEUS or TYPE_CHECKING:
     import prometheus_client
 
+    from panic_metrics_client import metric_files
+
+    # Before any metric of ours exists: on a full disk the library's own files would kill the process (SIGBUS).
+    metric_files.install()
+
 _BY_REGISTRY: dict[int, ClientMetrics] = {}
 _FAILED: list[bool] = []
 logger = logging.getLogger("panic_metrics_client")
@@ -85,3 +90,11 @@ def metrics_for(registry: Any = None, *, enabled: bool = True) -> ClientMetrics 
     if metrics is None:
         metrics = _BY_REGISTRY[id(registry)] = ClientMetrics(registry)
     return metrics
+
+
+def metric_file_counts() -> dict[str, int]:
+    """Metric writes this process's files could not take (full disk), and values still waiting in memory."""
+    if not HAS_PROMETHEUS:
+        return {"metric_writes_failed": 0, "metric_values_waiting": 0}
+    status = metric_files.status()
+    return {"metric_writes_failed": status.failed_writes, "metric_values_waiting": status.waiting}
