@@ -89,6 +89,9 @@ class Client:
         self._pending: list[str] = []
         self._pending_since: float | None = None
         self._in_flight: list[Message] = []
+        # Messages the spool could not take (a full or failing disk): kept here, in order, up to
+        # the memory queue's bound in events, and written or sent by a later cycle.
+        self._unspooled: list[Message] = []
         self._broker_down_until = 0.0
         self._broker_down = False
         self._cache = [0, 0]  # hits, misses since the last gauge report
@@ -154,12 +157,15 @@ class Client:
         self.start()
         if self._thread is None:
             return not self._queue
+        dropped_before = self.counts["dropped_spool_error"]
         with self._idle:
             # Wait for a whole cycle begun after this request (it also sends the in-process counts).
             self._flush_requests += 1
             wanted = self._flush_requests
             self._wake.set()
-            return self._idle.wait_for(lambda: self._flushes_done >= wanted and self._is_idle(), timeout)
+            idle = self._idle.wait_for(lambda: self._flushes_done >= wanted and self._is_idle(), timeout)
+        # Events lost while it waited (nowhere left to keep them) make it a failed flush too.
+        return idle and self.counts["dropped_spool_error"] == dropped_before
 
     def close(self, timeout: float | None = None) -> None:
         """Send or spool everything in memory within `timeout`, then stop the sender. Safe to call twice."""
@@ -185,7 +191,7 @@ class Client:
         return {
             **self.counts,
             "dropped_spool_full": self._spool.dropped_events,
-            "queued": len(self._queue) + len(self._pending),
+            "queued": len(self._queue) + len(self._pending) + sum(m.events for m in self._unspooled),
             "spool_events": self._spool.events,
             **metric_file_counts(),
         }
@@ -200,6 +206,7 @@ class Client:
             # After close (a request finishing during a graceful shutdown): straight to this
             # process's own spool file, counted like any spooled event; never raises into the request.
             self._to_spool([event_message(text)])
+            self._lose_unspooled()  # no sender is left to retry what the disk refused
             return
         if len(self._queue) >= self.settings.queue_size:
             self._count("dropped_queue_full", 1, "dropped")
@@ -301,6 +308,7 @@ class Client:
             if stopping and not self._queue:
                 self._drain_before_stop()
                 self._spool.close()
+                self._lose_unspooled()
                 return
 
     def _drain_before_stop(self) -> None:
@@ -320,7 +328,7 @@ class Client:
             self._spool.adopt_orphans()
 
     def _is_idle(self) -> bool:
-        busy = self._queue or self._pending or self._in_flight or not self._spool_opened
+        busy = self._queue or self._pending or self._in_flight or self._unspooled or not self._spool_opened
         return not busy and (not self._spool.events or self._broker_down or self._stopping)
 
     def _seconds_to_next_cycle(self) -> float:
@@ -371,7 +379,8 @@ class Client:
             with self._state_lock:
                 self._in_flight = []
             if self._metrics is not None:
-                self._metrics.depths(len(self._queue) + len(self._pending), self._spool.events)
+                in_memory = len(self._queue) + len(self._pending) + sum(m.events for m in self._unspooled)
+                self._metrics.depths(in_memory, self._spool.events)
 
     def _gauge_report(self) -> GaugeReportEvent | None:
         # Cache hits and misses are summed in the process: one report per interval, exact deltas.
@@ -391,6 +400,8 @@ class Client:
         )
 
     def _deliver(self, messages: list[Message]) -> None:
+        # What the spool could not take earlier goes first, to keep the order of recording.
+        messages, self._unspooled = self._unspooled + messages, []
         now = time.monotonic()
         if self._spool.events or now < self._broker_down_until:
             # Behind what is already spooled, so resending keeps the order of recording.
@@ -434,17 +445,40 @@ class Client:
             logger.warning("metrics broker unavailable; spooling events: %r", exc, extra={"error": type(exc).__name__})
 
     def _to_spool(self, messages: list[Message]) -> None:
-        if not messages:
+        waiting, self._unspooled = self._unspooled + messages, []
+        if not waiting:
             return
-        events = sum(m.events for m in messages)
         try:
-            self._spool.append(messages)
-        except Exception:
-            # Broker away and disk unusable: nowhere left to keep them, so say so loudly.
-            logger.exception("metrics spool unwritable: events dropped", extra={"events": events})
-            self._count("dropped_spool_error", events, "dropped")
+            self._spool.append(waiting)
+        except Exception as exc:  # noqa: BLE001 - a full or failing disk: keep them in memory and retry
+            self._hold_in_memory(waiting, exc)
             return
-        self._count("spooled", events, "spooled")
+        self._count("spooled", sum(m.events for m in waiting), "spooled")
+
+    def _hold_in_memory(self, messages: list[Message], exc: BaseException) -> None:
+        # Bounded like the memory queue (in events): past it the oldest go, each counted and logged.
+        held = sum(m.events for m in messages)
+        dropped = 0
+        while messages and held > self.settings.queue_size:
+            held -= messages[0].events
+            dropped += messages.pop(0).events
+        self._unspooled = messages
+        self._log_once(
+            ("spool_unwritable", type(exc).__name__),
+            "metrics spool unwritable (a full disk?): events kept in memory and retried",
+            error=repr(exc),
+        )
+        if dropped:
+            logger.error("metrics spool unwritable and memory bound reached: events dropped", extra={"events": dropped})
+            self._count("dropped_spool_error", dropped, "dropped")
+
+    def _lose_unspooled(self) -> None:
+        # The process ends with the disk still refusing them and the broker away: they die with it.
+        lost = sum(m.events for m in self._unspooled)
+        self._unspooled = []
+        if lost:
+            logger.error("metrics spool unwritable at exit: events lost", extra={"events": lost})
+            self._count("dropped_spool_error", lost, "dropped")
 
     def _spool_what_is_in_memory(self) -> None:
         with self._state_lock:
@@ -454,6 +488,7 @@ class Client:
             messages = [*self._in_flight, *([batch_message(events)] if events else [])]
         # An in-flight message may still reach the broker too: the worker dedupes by event_id.
         self._to_spool(messages)
+        self._lose_unspooled()
 
     def _after_fork_in_child(self) -> None:
         self._spool.forget_after_fork()
