@@ -13,7 +13,6 @@ from typing import Annotated, Any
 import httpx
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.http.access import bearer_token_valid
 from app.http.dependencies import EngineDep, SessionDep, SettingsDep
@@ -82,8 +81,9 @@ def alerts(settings: SettingsDep) -> Any:
 
 @router.get("/prometheus", response_class=Response, summary="The Prometheus exposition, as /metrics")
 def prometheus(request: Request) -> Response:
-    """The same text /metrics serves."""
-    return Response(content=scrape(request.app.state.housekeeper), media_type=CONTENT_TYPE_LATEST)
+    """What /metrics serves, in the format the Accept header asks for."""
+    body, content_type = scrape(request.app.state.housekeeper, request.headers.get("accept"))
+    return Response(content=body, media_type=content_type)
 
 
 @router.post("/update-cache-metrics", summary="Run the health refresh now")

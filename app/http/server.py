@@ -17,7 +17,6 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from app import __version__
 from app.config import Settings, get_settings
@@ -58,7 +57,8 @@ def create_api(settings: Settings | None = None, *, consuming: Callable[[], dict
 
     @app.get("/metrics", response_class=Response, summary="Prometheus metrics of every worker process")
     def metrics(request: Request) -> Response:
-        return Response(content=scrape(request.app.state.housekeeper), media_type=CONTENT_TYPE_LATEST)
+        body, content_type = scrape(request.app.state.housekeeper, request.headers.get("accept"))
+        return Response(content=body, media_type=content_type)
 
     app.include_router(health.router)
     app.include_router(api.router)

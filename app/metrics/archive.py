@@ -238,6 +238,24 @@ def partials_name(prefix: str) -> str:
     return f"{prefix}_{ARCHIVE_ID}{PARTIALS_SUFFIX}"
 
 
+def archived_values(path: Path, prefix: str, partials: dict[str, list[float]]) -> dict[str, list[float]]:
+    """An additive archive's exact partials, its series in the order its ``.db`` file holds them.
+
+    That is the order the stock collector meets them in when it reads the
+    rounded archive, so a scrape that reads the partials instead still lists
+    every series where the stock collector lists it. A series only the
+    partials know (the ``.db`` set aside as damaged) follows; one only the
+    ``.db`` knows (an archive older than partials) keeps its value.
+    """
+    ordered: dict[str, list[float]] = {}
+    with contextlib.suppress(FileNotFoundError):
+        for key, value, _timestamp in read_entries(path / archive_name(prefix)):
+            ordered[key] = partials.get(key, [value])
+    for key, values in partials.items():
+        ordered.setdefault(key, values)
+    return ordered
+
+
 def _merge_additive(path: Path, prefix: str, files: Iterable[Path]) -> tuple[dict[str, list[float]], dict[str, Entry]]:
     """Exact partials of the archive plus ``files``, and the rounded archive the stock collector reads."""
     final = path / archive_name(prefix)

@@ -143,52 +143,85 @@ def _has_header(file: str) -> bool:
         return False
 
 
+Labels = tuple[tuple[str, str], ...]
+SampleKey = tuple[str, Labels]
+
+
+def extend_metrics(metrics: dict[str, Metric], more: Mapping[str, Metric]) -> None:
+    """Append what ``read_metrics`` read of later files to ``metrics``, as the stock reader would in one pass.
+
+    A metric keeps the place where it first appeared and its samples their
+    order; a gauge's mode is the last file's, as the stock reader sets it.
+    """
+    for name, metric in more.items():
+        known = metrics.setdefault(name, metric)
+        if known is not metric:
+            known.samples.extend(metric.samples)
+            if hasattr(metric, "_multiprocess_mode"):
+                known._multiprocess_mode = metric._multiprocess_mode  # type: ignore[attr-defined]
+
+
 def accumulate(metrics: Iterable[Metric]) -> list[Metric]:  # noqa: PLR0912 - one branch per mode, as in the stock merge
     """The stock collector's merge, with every addition done by ``math.fsum``.
 
     Gauges keep their modes: min/max take the extreme, mostrecent the latest
-    timestamp, all/liveall keep the pid label; only additions change.
+    timestamp, all/liveall keep the pid label; only additions change. Samples
+    come out grouped as the stock merge groups them (since prometheus_client
+    0.24): one series' samples together, in the order its label set first
+    won a value, buckets in ``le`` order before ``_count``. OpenMetrics
+    forbids a series split by another one's samples.
     """
     result = []
     for metric in metrics:
         mode = getattr(metric, "_multiprocess_mode", "")
-        sums: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = defaultdict(list)
-        chosen: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[float, float]] = {}
-        buckets: dict[tuple[tuple[str, str], ...], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+        series: dict[Labels, dict[SampleKey, None]] = defaultdict(dict)  # label set -> its sample keys, in order
+        sums: dict[SampleKey, list[float]] = defaultdict(list)
+        chosen: dict[SampleKey, tuple[float, float]] = {}
+        buckets: dict[Labels, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
         for sample in metric.samples:
             # The library's reader leaves labels as sorted (name, value) pairs.
             name, value = sample.name, sample.value
-            labels: tuple[tuple[str, str], ...] = tuple(sample.labels)  # type: ignore[arg-type]
+            labels: Labels = tuple(sample.labels)  # type: ignore[arg-type]
             if metric.type == "gauge":
                 if mode not in ("all", "liveall"):
                     labels = tuple(pair for pair in labels if pair[0] != "pid")
-                series = (name, labels)
+                key = (name, labels)
                 if mode in _ADDITIVE_GAUGE_MODES:
-                    sums[series].append(value)
+                    sums[key].append(value)
                 elif mode in _EXTREME_GAUGE_MODES:
-                    old = chosen.get(series)
-                    chosen[series] = (value, 0.0) if old is None else (_EXTREME_GAUGE_MODES[mode](old[0], value), 0.0)
+                    old = chosen.get(key)
+                    chosen[key] = (value, 0.0) if old is None else (_EXTREME_GAUGE_MODES[mode](old[0], value), 0.0)
                 elif mode in ("mostrecent", "livemostrecent"):
                     timestamp = float(sample.timestamp or 0)
-                    old = chosen.get(series)
-                    # Strictly later wins, and timestamp 0 (never set) never does, as in the stock merge.
-                    if timestamp > (old[1] if old else 0.0):
-                        chosen[series] = (value, timestamp)
+                    old = chosen.get(key)
+                    # Strictly later wins, and timestamp 0 (never set) never does, as in the stock merge;
+                    # a series takes its place when it first wins, as there.
+                    if timestamp <= (old[1] if old else 0.0):
+                        continue
+                    chosen[key] = (value, timestamp)
                 else:
-                    chosen[series] = (value, 0.0)
+                    chosen[key] = (value, 0.0)
+                series[labels][key] = None
             elif metric.type == "histogram" and (le := dict(labels).get("le")) is not None:
                 without_le = tuple(pair for pair in labels if pair[0] != "le")
                 buckets[without_le][float(le)].append(value)
             else:
                 sums[(name, labels)].append(value)
-        out = {series: math.fsum(values) for series, values in sums.items()}
-        out.update({series: value for series, (value, _) in chosen.items()})
+                series[labels][(name, labels)] = None
+        out = {key: math.fsum(values) for key, values in sums.items()}
+        out.update({key: value for key, (value, _) in chosen.items()})
         for labels, by_bound in buckets.items():
+            keys = series[labels]  # after the series' _sum, where the stock merge puts its buckets
             below: list[float] = []
             for bound in sorted(by_bound):
                 below.extend(by_bound[bound])
-                out[(metric.name + "_bucket", (*labels, ("le", floatToGoString(bound))))] = math.fsum(below)
+                key = (metric.name + "_bucket", (*labels, ("le", floatToGoString(bound))))
+                keys[key] = None
+                out[key] = math.fsum(below)
+            keys[(metric.name + "_count", labels)] = None
             out[(metric.name + "_count", labels)] = math.fsum(below)
-        metric.samples = [Sample(name, dict(labels), value) for (name, labels), value in out.items()]
+        metric.samples = [
+            Sample(name, dict(labels), out[(name, labels)]) for keys in series.values() for name, labels in keys
+        ]
         result.append(metric)
     return result

@@ -14,8 +14,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -127,11 +127,18 @@ class HousekeepingCollector(Collector):
         )
 
 
-def scrape(housekeeper: Housekeeper) -> bytes:
-    """The text exposition of every process's metrics, from a fresh registry, and the directory's own."""
+def scrape(housekeeper: Housekeeper, accept: str | None = None) -> tuple[bytes, str]:
+    """Every process's metrics and the directory's own, from a fresh registry: the body and its Content-Type.
+
+    The format is the one a scraper's ``Accept`` header asks for, chosen as
+    prometheus_client's own handler chooses it (``choose_encoder``):
+    OpenMetrics 1.0.0 (ending in ``# EOF``) for ``application/openmetrics-text``,
+    the text format 0.0.4 when no format is asked for.
+    """
     started = time.perf_counter()
+    encoder, content_type = choose_encoder(accept or "")
     registry = collect_registry(housekeeper.path)
     registry.register(HousekeepingCollector(housekeeper))
-    body = generate_latest(registry)
+    body = encoder(registry)
     housekeeper.last_scrape_seconds = time.perf_counter() - started
-    return body
+    return body, content_type

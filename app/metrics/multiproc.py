@@ -20,10 +20,26 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from app.metrics.archive import JOURNAL_NAME, TMP_SUFFIX, archive_name, db_files, partials_name, recover_locked
+from app.metrics.archive import (
+    JOURNAL_NAME,
+    TMP_SUFFIX,
+    archive_name,
+    archived_values,
+    db_files,
+    partials_name,
+    recover_locked,
+)
 from app.metrics.compaction import CompactionReport, compact
 from app.metrics.damage import REPAIR_SUFFIX, damaged, set_aside_damaged
-from app.metrics.exact import ADDITIVE_PREFIXES, PARTIALS_SUFFIX, accumulate, add_archived, read_metrics, read_partials
+from app.metrics.exact import (
+    ADDITIVE_PREFIXES,
+    PARTIALS_SUFFIX,
+    accumulate,
+    add_archived,
+    extend_metrics,
+    read_metrics,
+    read_partials,
+)
 from app.metrics.guards import directory_lock, pid_alive
 from app.metrics.pending import PREFIX as PENDING_PREFIX
 
@@ -108,7 +124,9 @@ class DirectoryCollector(Collector):
     partials and summed with ``math.fsum`` (see ``app.metrics.exact`` for
     why that never lowers a value); the other gauge modes merge as the stock
     collector merges them. The rounded ``*_archive.db`` files are there for
-    the stock collector only, and skipped here.
+    the stock collector; here only their order of series is read. Samples
+    come out in the stock collector's order over the files sorted by name,
+    each series contiguous (``app.metrics.exact.accumulate``).
     """
 
     def __init__(self, path: Path, registry: CollectorRegistry | None = None) -> None:
@@ -119,10 +137,24 @@ class DirectoryCollector(Collector):
             registry.register(self)
 
     def _read(self) -> list[Metric]:
-        skipped = {archive_name(prefix) for prefix in ADDITIVE_PREFIXES}
-        metrics = read_metrics([str(f) for f in db_files(self._dir) if f.name not in skipped])
-        for prefix in sorted(ADDITIVE_PREFIXES):
-            add_archived(metrics, prefix, read_partials(self._dir / partials_name(prefix)))
+        # Files in name order, as the stock collector would read them sorted;
+        # an additive archive is read as its exact partials at its own place,
+        # so every metric and series keeps the place the stock collector gives it.
+        archives = {archive_name(prefix): prefix for prefix in ADDITIVE_PREFIXES}
+        partials = {prefix: read_partials(self._dir / partials_name(prefix)) for prefix in ADDITIVE_PREFIXES}
+        files = db_files(self._dir)
+        files += [self._dir / name for name, prefix in archives.items() if partials[prefix]]
+        metrics: dict[str, Metric] = {}
+        run: list[str] = []
+        for f in sorted(set(files)):
+            prefix = archives.get(f.name)
+            if prefix is None:
+                run.append(str(f))
+                continue
+            extend_metrics(metrics, read_metrics(run))
+            run = []
+            add_archived(metrics, prefix, archived_values(self._dir, prefix, partials[prefix]))
+        extend_metrics(metrics, read_metrics(run))
         return accumulate(metrics.values())
 
     def collect(self) -> Iterable[Metric]:

@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.access.conftest import EndpointFactory, Tls
 from tests.support.processes import ROOT
 from tests.support.services import free_port, wait_until
+from tests.unit.multiproc_helpers import FIRST_FAKE_PID, Clock, run_child, run_real_children
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "tok-9f3c2b7e-0d4a-4e51-b6c8-2a7d1e5f9c30"
 USER, PASSWORD = "prometheus", "pw-5b1e8d2c-7a9f-4c36-8e0b-3d6f2a1c9e47"
 API = "/api/v1/metrics"
+#: What Prometheus 2.42 sends when it scrapes (scrape/scrape.go, scrapeAcceptHeader).
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+    "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
 
 
 def test_over_tls_every_path_needs_credentials_but_a_bare_health(
@@ -135,3 +144,55 @@ def test_the_worker_refuses_a_public_endpoint_without_credentials(tmp_path: Path
     assert len(refusal) == 1
     assert "METRICS_AUTH_TOKEN" in refusal[0]
     assert "celery@" not in result.stdout + result.stderr  # no banner: it stopped before starting
+
+
+def test_metrics_answer_openmetrics_when_asked_and_text_otherwise_behind_the_same_credentials(
+    start_endpoint: EndpointFactory, tmp_path: Path
+) -> None:
+    """/metrics and its API copy: OpenMetrics with # EOF when Accept asks for it, else text 0.0.4; 401 either way.
+
+    The directory holds the files of several processes with interleaved
+    label sets of every type (simulated children, and real ones the
+    endpoint merges), beside the endpoint's own definitions: the strict
+    OpenMetrics parser reads it all, and both formats carry the same series
+    under the same names (a counter is `x` with samples `x_total`).
+    """
+    endpoint = start_endpoint({"METRICS_AUTH_USERNAME": USER, "METRICS_AUTH_PASSWORD": PASSWORD})
+    directory = tmp_path / "endpoint0" / "prometheus_multiproc"
+    clock = Clock()
+    for seed in range(3):
+        run_child(directory, FIRST_FAKE_PID + seed, clock, seed)
+    run_real_children(directory, 2)
+    base = f"http://127.0.0.1:{endpoint.port}"
+    endpoint.wait_ready(base)
+    with httpx.Client(base_url=base, timeout=30) as client:
+        for path in ("/metrics", f"{API}/prometheus"):
+            for accept in ("application/openmetrics-text", PROMETHEUS_ACCEPT, None):
+                headers = {"Accept": accept} if accept else {}
+                assert client.get(path, headers=headers).status_code == 401, (path, accept)
+                assert client.get(path, headers=headers, auth=(USER, "wrong")).status_code == 401, (path, accept)
+
+            series = {}
+            for accept in ("application/openmetrics-text", PROMETHEUS_ACCEPT):
+                answer = client.get(path, headers={"Accept": accept}, auth=(USER, PASSWORD))
+                assert answer.status_code == 200
+                assert answer.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0;")
+                assert answer.text.endswith("# EOF\n")
+                series[accept] = _series(parse_openmetrics(answer.text))
+
+            plain = client.get(path, auth=(USER, PASSWORD))  # no Accept: the text format 0.0.4
+            assert plain.status_code == 200
+            assert plain.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+            assert "# EOF" not in plain.text
+            text_series = _series(text_string_to_metric_families(plain.text))
+
+            assert series["application/openmetrics-text"] == series[PROMETHEUS_ACCEPT] == text_series
+            assert ("panic_requests", "counter", "panic_requests_total") in text_series
+            assert ("panic_response_time_seconds", "histogram", "panic_response_time_seconds_bucket") in text_series
+            assert ("auth_check_seconds", "summary", "auth_check_seconds_count") in text_series
+            assert ("metrics_multiproc_compactions", "counter", "metrics_multiproc_compactions_total") in text_series
+
+
+def _series(families: Iterable[Metric]) -> set[tuple[str, str, str]]:
+    """(family, type, sample name) of every sample: what a scraper files each sample under."""
+    return {(family.name, family.type, sample.name) for family in families for sample in family.samples}

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
 from tests.support.services import wait_until
 from tests.support.worker import ROOT, Worker, embedded_environment, total, value
@@ -42,5 +44,11 @@ def test_embedded_default_records_and_exposes_events(tmp_path: Path) -> None:
             timeout=30,
             what="the batch counted",
         )
+        # The worker's own endpoint negotiates as serve-metrics does: OpenMetrics, strictly parsed, when asked.
+        answer = httpx.get(worker.metrics_url, headers={"Accept": "application/openmetrics-text"}, timeout=30)
+        assert answer.headers["content-type"] == "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        families = {family.name: family for family in parse_openmetrics(answer.text)}
+        assert families["panic_requests"].type == "counter"
+        assert {s.name for s in families["panic_requests"].samples} == {"panic_requests_total"}
     finally:
         worker.stop()

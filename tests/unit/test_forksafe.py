@@ -155,9 +155,9 @@ def test_every_endpoint_request_is_a_unit(monkeypatch: pytest.MonkeyPatch) -> No
 
     seen: list[int] = []
 
-    def scrape(_keeper: object) -> bytes:
+    def scrape(_keeper: object, _accept: str | None = None) -> tuple[bytes, str]:
         seen.append(forksafe.running_units())
-        return b""
+        return b"", "text/plain; version=0.0.4; charset=utf-8"
 
     monkeypatch.setattr(server, "scrape", scrape)
 
