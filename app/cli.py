@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,37 @@ def _rejected_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rerun_window(args: argparse.Namespace) -> int:
+    from app.config import get_settings
+    from app.replay import publishing_app
+    from app.windows import window_start
+    from panic_metrics_client.messages import SCHEDULED_QUEUE
+
+    try:
+        moment = datetime.fromisoformat(args.start)
+    except ValueError:
+        print(f"--start {args.start!r}: not an ISO 8601 time, e.g. 2026-11-24T12:00:00Z", file=sys.stderr)
+        return 2
+    settings = get_settings()
+    start = window_start(moment, settings.performance_window_seconds)  # a naive time is UTC
+    end = start + timedelta(seconds=settings.performance_window_seconds)
+    task = f"aggregate_{args.job}_performance"
+    celery = publishing_app(settings)
+    try:
+        result = celery.send_task(
+            f"panic_metrics.scheduled.{task}",
+            kwargs={"window_start": start.isoformat()},
+            queue=SCHEDULED_QUEUE,
+            routing_key=SCHEDULED_QUEUE,
+            retry=True,
+        )
+    finally:
+        celery.close()
+    print(f"queued {task} for the window {start.isoformat()} to {end.isoformat()} (task {result.id})")
+    print("a worker consuming `scheduled` replaces that window's snapshots (and the gauges if it is the newest)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `panic-metrics` command."""
     parser = argparse.ArgumentParser(prog="panic-metrics", description=__doc__)
@@ -113,6 +145,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     replay.add_argument("--directory", type=Path, default=None, help="default: DEAD_LETTER_DIR")
     replay.set_defaults(run=_replay_dead_letters)
+
+    rerun = commands.add_parser(
+        "rerun-window", help="aggregate one performance window again (after late events), on a worker"
+    )
+    rerun.add_argument("--job", required=True, choices=("zone", "firm"), help="zone or firm performance")
+    rerun.add_argument(
+        "--start", required=True, help="ISO 8601, e.g. 2026-11-24T12:00:00Z (UTC if naive); aligned down to its window"
+    )
+    rerun.set_defaults(run=_rerun_window)
 
     rejected = commands.add_parser("rejected", help="payloads that failed validation, kept with their reason")
     rejected_commands = rejected.add_subparsers(required=True)

@@ -20,17 +20,22 @@ from app.dead_letters import Publish
 from panic_metrics_client.messages import BATCH_TASK, EVENTS_QUEUE, PUBLISHED_AT_HEADER
 
 
-@contextmanager
-def broker_publisher(settings: Settings | None = None) -> Iterator[Publish]:
-    """A `Publish` that sends one `record_events` message per call; returns once the broker has it."""
-    settings = settings or get_settings()
-    celery = Celery("panic_metrics_replay", broker=settings.broker_url, set_as_current=False)
+def publishing_app(settings: Settings) -> Celery:
+    """A Celery app that only publishes to the workers' broker: no worker, no result backend, JSON only."""
+    celery = Celery("panic_metrics_publisher", broker=settings.broker_url, set_as_current=False)
     celery.conf.update(
         broker_transport_options=transport_options(settings),
         task_serializer="json",
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
     )
+    return celery
+
+
+@contextmanager
+def broker_publisher(settings: Settings | None = None) -> Iterator[Publish]:
+    """A `Publish` that sends one `record_events` message per call; returns once the broker has it."""
+    celery = publishing_app(settings or get_settings())
 
     def publish(events: list[Any], published_at: float | None) -> None:
         headers = {PUBLISHED_AT_HEADER: published_at} if published_at is not None else {}

@@ -146,6 +146,44 @@ def test_a_plain_python_shell_reruns_a_window_with_delay(shell: FreshShell) -> N
     )
 
 
+def test_rerun_window_queues_the_window_and_a_worker_aggregates_it(shell: FreshShell) -> None:
+    """`panic-metrics rerun-window --job firm --start …` names the aligned window; the worker aggregates it."""
+
+    def done() -> float:
+        return value(
+            scrape(shell.metrics_url),
+            "metrics_job_windows_total",
+            scheduled_job="aggregate_firm_performance",
+            outcome="done",
+        )
+
+    before = done()
+    output = shell.run("panic-metrics", "rerun-window", "--job", "firm", "--start", "2026-11-24T12:03:10Z")
+
+    assert (
+        "queued aggregate_firm_performance for the window 2026-11-24T12:00:00+00:00 to 2026-11-24T12:05:00+00:00"
+        in output
+    )
+    uuid.UUID(output.split("(task ")[1].split(")")[0])
+    wait_until(lambda: done() == before + 1, timeout=60, what="the re-run window aggregated by the worker")
+
+
+def test_rerun_window_refuses_a_time_it_cannot_read(shell: FreshShell) -> None:
+    """A bad --start is a clear error, exit 2, and nothing is queued."""
+    done = subprocess.run(
+        ["panic-metrics", "rerun-window", "--job", "zone", "--start", "24/11/2026 noon"],
+        cwd=shell.cwd,
+        env=shell.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "not an ISO 8601 time" in done.stderr
+    assert "queued" not in done.stdout
+
+
 def test_report_purge_and_events_start(shell: FreshShell) -> None:
     """`report` prints the app's configuration, `purge -f` empties both queues, `events --dump` shows the worker."""
     assert "task_acks_late: True" in shell.run(*CELERY, "report")

@@ -1,6 +1,7 @@
 """Scheduled jobs (queue `scheduled`, fired by beat_schedule.py): a few lines each over app.jobs.
 
 An operator re-runs a performance window after late events with
+`panic-metrics rerun-window --job zone --start 2026-11-24T12:00:00Z`, or
 `aggregate_zone_performance.delay(window_start="2026-11-24T12:00:00Z")`
 (likewise for firms): that window's snapshots, and the gauges if it is the
 newest window, are replaced.
