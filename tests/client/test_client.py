@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from panic_metrics_client import InvalidEvent, PanicRequestEvent
-from panic_metrics_client.client import BURST_OVER
+from panic_metrics_client.batching import BURST_OVER
 from panic_metrics_client.messages import BATCH_TASK, TASK_OF_KIND, Message, batch_message, event_json, kind_of
 from panic_metrics_client.parsing import parse_event
 from panic_metrics_client.spool import Spool
@@ -101,7 +101,7 @@ def test_a_burst_of_low_rate_events_travels_batched_each_event_once(make_client:
     client = on_filesystem(make_client, folder)
     assert client.flush(timeout=30)
     # Holding the sender's state lock makes it find the whole burst in one cycle, whatever the machine's load.
-    with client._state_lock:
+    with client._sender._state_lock:
         burst = [client.record_fields("auth", sample_payload("auth")) for _ in range(BURST_OVER + 40)]
         burst += [client.record_fields("notification", sample_payload("notification")) for _ in range(5)]
     assert client.flush(timeout=30)

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from app.db.models import MetricEvent
-from panic_metrics_client.client import DRAIN_CHUNK
+from panic_metrics_client.delivery import DRAIN_CHUNK
 from panic_metrics_client.messages import event_json, event_message
 from panic_metrics_client.parsing import parse_event
 from panic_metrics_client.spool import Spool
