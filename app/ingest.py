@@ -32,6 +32,7 @@ from app.db.session import on_commit, session_scope
 from app.kinds import kind_of
 from app.metrics import counting, pending
 from app.metrics.labels import LabelCaps
+from app.metrics.writers import room_for_counts
 from app.store import attempt_committed, insert_new, insert_rejections, lock_attempt
 from panic_metrics_client.events import Event
 from panic_metrics_client.parsing import InvalidEvent, parse_any_event, parse_event
@@ -43,6 +44,15 @@ SessionFactory = Callable[[], AbstractContextManager[Session]]
 
 class DatabaseUnavailable(RuntimeError):
     """The database could not be reached; the events are intact and may be retried."""
+
+
+class MetricsUnwritable(RuntimeError):
+    """This process's metric files cannot take the counts (a full disk): nothing was stored; retry once space returns.
+
+    Stored once, counted once: an event is stored only where its count is sure
+    to land, so a full disk sends the message back instead of leaving its
+    count in the memory of a process that may exit before space returns.
+    """
 
 
 @dataclass(frozen=True)
@@ -125,9 +135,15 @@ class Attempt:
         self.targets = self.tally.targets()
         directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if self.targets and directory and pending.is_mmaped(self.targets):
-            self.record = pending.write(
-                Path(directory), token=self.token, expected_rows=self.expected_rows, targets=self.targets
-            )
+            # Raised before the COMMIT, so the transaction rolls back: nothing stored, nothing to count.
+            if not pending.backed(self.targets):
+                raise MetricsUnwritable("a series of this message has no room in its metric file")
+            try:
+                self.record = pending.write(
+                    Path(directory), token=self.token, expected_rows=self.expected_rows, targets=self.targets
+                )
+            except OSError as exc:
+                raise MetricsUnwritable(f"pending counts not written: {exc}") from exc
         self.prepared = True
 
     def apply(self) -> None:
@@ -236,8 +252,13 @@ def ingest(
     `message_id` keys the kept rejections (message, position), so a
     redelivered message keeps and counts them once; without one, each call
     is its own message. An in-doubt COMMIT is settled here: if the attempt's
-    rows are there it succeeded and is counted, not retried.
+    rows are there it succeeded and is counted, not retried. Raises
+    `MetricsUnwritable`, having stored nothing, while the metric files
+    cannot take the counts.
     """
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory and not room_for_counts(Path(directory)):
+        raise MetricsUnwritable(f"no room for metric files in {directory}")
     resolve_unresolved(session_factory)
     events, rejections = _validate(payloads, kind=kind)
     if not events and not rejections:

@@ -1,4 +1,4 @@
-"""Worker signals: the multiprocess directory, the endpoint thread, the consuming probe."""
+"""Worker signals: the multiprocess directory, the endpoint thread, the consuming probe, the disk gate."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from app.metrics import multiproc_dir
 from app.metrics.multiproc import wipe_directory
 from app.metrics.writers import require_values_in_directory
 from workers.celery_app import app
+from workers.consumer_gate import MetricsDiskGate
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,27 @@ def _clear_multiproc_dir(**_: Any) -> None:
         wipe_directory(multiproc_dir())
 
 
+_gate: MetricsDiskGate | None = None
+
+
+@signals.worker_ready.connect
+def _start_disk_gate(sender: Any = None, **_: Any) -> None:
+    global _gate  # noqa: PLW0603 - one gate per worker main process
+    if sender is None or _gate is not None:
+        return
+    # Celery sends worker_ready from its consumer: the task queues it consumes, not the probe's own.
+    probe_queue = _probe.queue if _probe is not None else None
+    queues = [name for name in sender.app.amqp.queues.consume_from if name != probe_queue]
+    _gate = MetricsDiskGate(sender, multiproc_dir(), queues)
+    _gate.start()
+
+
+@signals.worker_shutdown.connect
+def _stop_disk_gate(**_: Any) -> None:
+    if _gate is not None:
+        _gate.stop()
+
+
 @signals.worker_ready.connect
 def _start_endpoint(**_: Any) -> None:
     global _endpoint  # noqa: PLW0603 - one endpoint per worker main process
@@ -154,7 +176,8 @@ def _start_endpoint(**_: Any) -> None:
         # files of the dead ones so scrape time and disk stay flat.
         housekeeper().start()
         consuming = _probe.status if _probe is not None else None
-        _endpoint = EndpointServer(settings.metrics_host, settings.metrics_port, consuming=consuming)
+        disk = _gate.status if _gate is not None else None
+        _endpoint = EndpointServer(settings.metrics_host, settings.metrics_port, consuming=consuming, disk=disk)
         _endpoint.start()
         log.info("metrics endpoint started", extra={"host": settings.metrics_host, "port": settings.metrics_port})
 

@@ -2,8 +2,9 @@
 
 `status` is this host's own: 200 when the broker and the database answer, the
 metrics directory takes new files and, in a worker, a probe went through
-the broker to a pool child lately (`checks.consuming`); 503 otherwise. The
-rest is the health refresh's report (app.health): dependencies, connections,
+the broker to a pool child lately (`checks.consuming`) and it has not stopped
+consuming for a full metrics disk (`checks.metrics_disk`, `state: full`); 503
+otherwise. The rest is the health refresh's report (app.health): dependencies, connections,
 Redis, queue depths. A dependency the host does not need to work
 (Alertmanager, a separate Redis) shows in `dependencies` without failing the
 status. Without credentials a bare /health answers its status only
@@ -46,6 +47,10 @@ def health(request: Request, settings: SettingsDep, engine: EngineDep) -> JSONRe
     consuming = getattr(request.app.state, "consuming_check", None)
     if consuming is not None:
         checks["consuming"] = consuming()
+    disk = getattr(request.app.state, "metrics_disk_check", None)
+    if disk is not None:
+        # A worker that stopped consuming for want of room says so: `state: full`.
+        checks["metrics_disk"] = disk()
     healthy = all(check["ok"] for check in checks.values())
     status = "ok" if healthy else "degraded"
     body: dict[str, Any] = {"status": status}  # the open liveness answer: no details without credentials

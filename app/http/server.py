@@ -44,8 +44,17 @@ def housekeeper() -> Housekeeper:
     return _housekeeper
 
 
-def create_api(settings: Settings | None = None, *, consuming: Callable[[], dict[str, Any]] | None = None) -> FastAPI:
-    """The host's ASGI app, behind the access policy; `consuming` is a worker's probe status for /health."""
+def create_api(
+    settings: Settings | None = None,
+    *,
+    consuming: Callable[[], dict[str, Any]] | None = None,
+    disk: Callable[[], dict[str, Any]] | None = None,
+) -> FastAPI:
+    """The host's ASGI app, behind the access policy; `consuming` and `disk` are a worker's checks for /health.
+
+    `consuming` is the consuming probe's status, `disk` the disk gate's (whether
+    the worker stopped consuming because its metrics directory is full).
+    """
     counting.initialise_fixed_series()  # this process's files: scrapes show 0 before the first event
     app = FastAPI(title="panic-metrics", version=__version__)
     app.add_middleware(AccessControl, settings=settings or get_settings())
@@ -54,6 +63,7 @@ def create_api(settings: Settings | None = None, *, consuming: Callable[[], dict
     app.add_middleware(ForkSafeRequests)
     app.state.housekeeper = housekeeper()
     app.state.consuming_check = consuming
+    app.state.metrics_disk_check = disk
 
     @app.get("/metrics", response_class=Response, summary="Prometheus metrics of every worker process")
     def metrics(request: Request) -> Response:
@@ -98,12 +108,13 @@ class EndpointServer:
         settings: Settings | None = None,
         *,
         consuming: Callable[[], dict[str, Any]] | None = None,
+        disk: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         settings = settings or get_settings()
         refuse_unsafe_exposure(settings, host)
         _log_start(settings, host, port)
         config = uvicorn.Config(
-            create_api(settings, consuming=consuming),
+            create_api(settings, consuming=consuming, disk=disk),
             host=host,
             port=port,
             log_config=None,

@@ -121,6 +121,15 @@ def is_mmaped(targets: list[Target]) -> bool:
     return all(hasattr(t.value, "_file") for t in targets)
 
 
+def backed(targets: list[Target]) -> bool:
+    """Whether every entry has its place, space reserved, in its file: setting it then cannot fail.
+
+    A value made while the disk was full has no file yet (it waits in memory,
+    panic_metrics_client.metric_files); its count could be lost.
+    """
+    return all(getattr(t.value, "_file", None) is not None for t in targets)
+
+
 def write(directory: Path, *, token: uuid.UUID, expected_rows: int, targets: list[Target]) -> Path:
     """Write the record of one attempt, whole or not at all (rename), before its COMMIT."""
     pid = os.getpid()
@@ -133,8 +142,12 @@ def write(directory: Path, *, token: uuid.UUID, expected_rows: int, targets: lis
         "expected_rows": expected_rows,
         "entries": [_entry(t) for t in targets],
     }
-    part.write_text(json.dumps(body, allow_nan=False), encoding="utf-8")
-    part.replace(path)
+    try:
+        part.write_text(json.dumps(body, allow_nan=False), encoding="utf-8")
+        part.replace(path)
+    except OSError:
+        part.unlink(missing_ok=True)  # a full disk: no half record left behind
+        raise
     return path
 
 

@@ -13,11 +13,14 @@ a task body) call `require_values_in_directory` when they start.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client import values
 from prometheus_client.metrics import MetricWrapperBase
 
 from app.metrics import MULTIPROC_DIR_VARIABLE
 from app.metrics import definitions as m
+from app.metrics.multiproc import writable
 from panic_metrics_client import metric_files
 
 
@@ -51,3 +54,13 @@ def require_values_in_directory() -> None:
             f"directory: set {MULTIPROC_DIR_VARIABLE} before the process starts"
         )
     values.ValueClass = metric_files.value_class()
+
+
+def room_for_counts(directory: Path) -> bool:
+    """Whether this process can count what it stores now: no value waits for space and the directory has room.
+
+    Values that waited are written first (space may be back). "Room" is what
+    /health and the worker's consumer gate call writable (app.metrics.multiproc),
+    so a pool child refuses an event exactly when its worker stops consuming.
+    """
+    return metric_files.write_waiting() and writable(directory)

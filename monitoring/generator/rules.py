@@ -341,10 +341,13 @@ ALERTS: list[Alert] = [
     Alert(
         name="MultiprocDirectoryNotWritable",
         expr=f"metrics_multiproc_writable{{{W}}} == 0",
-        for_="2m",
+        for_=t.MULTIPROC_NOT_WRITABLE_FOR,
         severity="critical",
         summary="{{ $labels.instance }} cannot write its metric files",
-        description="PROMETHEUS_MULTIPROC_DIR on {{ $labels.instance }} refuses new files (disk full or permissions).",
+        description=(
+            "PROMETHEUS_MULTIPROC_DIR on {{ $labels.instance }} refuses new files (disk full or permissions):"
+            " the worker stopped consuming its queues, events wait on the broker until it has room again."
+        ),
     ),
     Alert(
         name="MultiprocCompactionFailing",

@@ -78,6 +78,8 @@ JOB_STALE_FOR = "2m"
 
 # --- the multiprocess directory and the endpoint -----------------------------------
 MULTIPROC_FILES = 500
+#: No room for metric files (the worker has stopped consuming: workers/consumer_gate.py).
+MULTIPROC_NOT_WRITABLE_FOR = "2m"
 MULTIPROC_FOR = "30m"
 #: How long a damaged metric file set aside keeps its alert firing (a one-off event, not a state).
 MULTIPROC_SET_ASIDE_WINDOW = "1h"

@@ -23,8 +23,18 @@ from sqlalchemy.orm import Session
 
 from app.db.models import MetricEvent, RejectedEvent
 from app.db.session import session_scope
-from app.ingest import DatabaseUnavailable, IngestResult, ingest, reset_label_caps, validate
+from app.ingest import (
+    Attempt,
+    DatabaseUnavailable,
+    IngestResult,
+    MetricsUnwritable,
+    ingest,
+    reset_label_caps,
+    store_and_count,
+    validate,
+)
 from tests.support.db import committing_factory
+from tests.support.disk import SmallTmpfs, small_tmpfs
 from tests.support.payloads import KINDS, malformed_payload, sample_payload, valid_payload
 
 SessionFactory = Callable[[], AbstractContextManager[Session]]
@@ -396,3 +406,58 @@ def test_unreachable_database_is_database_unavailable_and_counts_nothing(
     after = scrape()
     assert_counted(before, after, "auth", tag, times=0)
     assert delta(before, after, "metrics_events_rejected_total", kind="auth", reason=SURPLUS_REASON) == 0
+
+
+# --- a full metrics disk ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def full_metrics_disk(tmp_path: Path, db_session: Session) -> Iterator[SmallTmpfs]:
+    """A tmpfs filled to the last byte (the test frees it); tests point PROMETHEUS_MULTIPROC_DIR at it."""
+    # An event first, so this process's metric files are open in the run's directory, which `scrape` reads.
+    ingest([sample_payload("panic_request")], kind="panic_request", session_factory=committing_factory(db_session))
+    with small_tmpfs(tmp_path / "metrics", size="2M") as disk:
+        disk.fill()
+        yield disk
+
+
+def test_full_metric_files_store_nothing_and_the_retry_stores_and_counts_once(
+    db_session: Session, tag: str, full_metrics_disk: SmallTmpfs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no room for its counts a message is refused before anything is stored; once space returns it counts once."""
+    payload, _ = business_payload("panic_request", tag)
+    rows, before = stored_count(db_session), scrape()
+
+    # The room is checked in the directory the variable names now.
+    with monkeypatch.context() as env:
+        env.setenv("PROMETHEUS_MULTIPROC_DIR", str(full_metrics_disk.path))
+        with pytest.raises(MetricsUnwritable):
+            ingest([payload], kind="panic_request", session_factory=committing_factory(db_session))
+        assert stored_count(db_session) == rows
+        full_metrics_disk.free()
+        assert ingest([payload], kind="panic_request", session_factory=committing_factory(db_session)).stored == 1
+
+    assert stored_count(db_session) == rows + 1
+    assert_counted(before, scrape(), "panic_request", tag, times=1)
+
+
+def test_a_pending_record_the_disk_refuses_rolls_the_message_back(
+    db_session: Session, tag: str, full_metrics_disk: SmallTmpfs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills after the room check, before the pending record: nothing stored, no half record left."""
+    payload, _ = business_payload("panic_request", tag)
+    events, _ = validate([payload], kind="panic_request")
+    rows, before = stored_count(db_session), scrape()
+    attempt = Attempt()
+
+    with monkeypatch.context() as env:
+        env.setenv("PROMETHEUS_MULTIPROC_DIR", str(full_metrics_disk.path))
+        with committing_factory(db_session)() as session:
+            store_and_count(session, events=events, published_at=None, attempt=attempt)
+            with pytest.raises(MetricsUnwritable):
+                attempt.prepare()  # as `ingest` does, right before the COMMIT
+            session.rollback()  # what the error does to `ingest`'s transaction
+
+    assert stored_count(db_session) == rows
+    assert_counted(before, scrape(), "panic_request", tag, times=0)
+    assert list(full_metrics_disk.path.iterdir()) == [full_metrics_disk.path / "filler"]

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Retry
+from celery.exceptions import Reject, Retry
 
 from app.metrics import definitions as m
 from app.metrics.writers import require_values_in_directory
@@ -35,6 +35,8 @@ class MetricsTask(Task):  # type: ignore[type-arg]
             result = super().__call__(*args, **kwargs)
         except Retry:
             raise  # not a failure: counted by on_retry
+        except Reject:
+            raise  # not a failure: the message goes back to the queue (metric files full)
         except Exception:
             self.run_failed()
             raise

@@ -12,24 +12,33 @@ The seed's names are attributes of this module:
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 
 from app.config import get_settings
 from app.dead_letters import write_dead_letters
-from app.ingest import DatabaseUnavailable, IngestResult, ingest
+from app.ingest import DatabaseUnavailable, IngestResult, MetricsUnwritable, ingest
 from app.metrics import definitions as m
 from app.quarantine import forget_delivery, quarantine, record_delivery
 from panic_metrics_client.events import EVENT_KINDS, EVENT_MODELS
 from panic_metrics_client.messages import BATCH_TASK, TASK_OF_KIND
 from workers.celery_app import app
 from workers.tasks.base import MetricsTask
+
+log = logging.getLogger(__name__)
+
+#: How long a child whose metric files are full holds a message before giving
+#: it back: the broker would hand it straight back, and the worker's consumer
+#: gate (workers/consumer_gate.py) needs a moment to stop consuming.
+METRICS_UNWRITABLE_PAUSE_SECONDS = 1.0
 
 # Event ids made by the worker derive from the task id, which a redelivered or
 # retried message keeps, so the same payload always gets the same id.
@@ -103,6 +112,13 @@ class EventTask(MetricsTask):
         published_at = self._published_at()
         try:
             result: IngestResult = ingest(payloads, kind=kind, published_at=published_at, message_id=message_id)
+        except MetricsUnwritable as exc:
+            # Nothing was stored. Back to the queue as it came: not a retry
+            # (no retry budget spent, never dead-lettered) and not a delivery
+            # (`ingest` forgets it), so a long full disk costs no event.
+            log.warning("metric files full: message requeued, nothing stored", extra={"error": str(exc)})
+            time.sleep(METRICS_UNWRITABLE_PAUSE_SECONDS)
+            raise Reject(str(exc), requeue=True) from exc
         except DatabaseUnavailable as exc:
             if self.request.retries >= settings.task_max_retries:
                 write_dead_letters(payloads, kind=kind, published_at=published_at)

@@ -133,6 +133,27 @@ def reserved_value_class(process_identifier: Callable[[], int] = os.getpid) -> t
     # How the library's own class is closed (values.close_all_multiprocess_files).
     values._multi_process_cleanups.append(cleanup)
 
+    def check_for_pid_change() -> None:
+        actual = process_identifier()
+        if pid["value"] != actual:
+            pid["value"] = actual
+            # A fork: the child's values start from its own files, as in the library.
+            close_files()
+            waiting.clear()
+            _status.waiting = 0
+            for value in made:
+                value._reset()
+
+    def write_waiting() -> bool:
+        # Oldest failure first; stop at the first that still fails.
+        for value in list(waiting):
+            if not value._written():
+                return False
+        if _status.waiting:
+            _status.waiting = 0
+            logger.info("panic_metrics_client: metric files writable again, the values that waited are written")
+        return True
+
     def failed(exc: OSError) -> None:
         _status.failed_writes += 1
         _status.last_error = str(exc)
@@ -187,26 +208,11 @@ def reserved_value_class(process_identifier: Callable[[], int] = os.getpid) -> t
             return file
 
         def _check_for_pid_change(self) -> None:
-            actual = process_identifier()
-            if pid["value"] != actual:
-                pid["value"] = actual
-                # A fork: the child's values start from its own files, as in the library.
-                close_files()
-                waiting.clear()
-                _status.waiting = 0
-                for value in made:
-                    value._reset()
+            check_for_pid_change()
 
         def _write(self) -> None:
-            if not self._written():
-                return
-            # Space is back: what waited goes out now, oldest failure first; stop at the first that still fails.
-            for value in list(waiting):
-                if not value._written():
-                    return
-            if _status.waiting:
-                _status.waiting = 0
-                logger.info("panic_metrics_client: metric files writable again, the values that waited are written")
+            if self._written():
+                write_waiting()
 
         def _written(self) -> bool:
             try:
@@ -250,7 +256,25 @@ def reserved_value_class(process_identifier: Callable[[], int] = os.getpid) -> t
             with lock:
                 cleanup()
 
+        @classmethod
+        def write_waiting(cls) -> bool:
+            """Write every value that waits for space now; True when none waits any more."""
+            with lock:
+                check_for_pid_change()
+                return write_waiting()
+
     return ReservedValue
+
+
+def write_waiting() -> bool:
+    """Write now what this process's values hold in memory for want of space; True when nothing waits.
+
+    A process that must not go on while its counts cannot reach their files
+    (the worker's pool child, before it stores an event) asks here rather than
+    waiting for its next metric write to retry them.
+    """
+    flush = getattr(values.ValueClass, "write_waiting", None)
+    return True if flush is None else bool(flush())
 
 
 def value_class() -> type:
