@@ -74,13 +74,15 @@ class LabelCaps:
             return value
         if dimension in self._full:
             return OTHER
-        cap = _CAPS[dimension](self._settings)
-        admitted = _admit(session, dimension, value, cap)
+        found_full = _full_in_transaction(session).get(dimension)
+        if found_full is not None:
+            return value if value in found_full else OTHER
+        admitted = _admit(session, dimension, value, _CAPS[dimension](self._settings))
         # Remembered only once the transaction commits: a decision read from
         # its own uncommitted admissions would be this process's alone.
         on_commit(session, lambda: self._admitted[dimension].add(value) if admitted else None)
         if not admitted:  # the dimension is full: learn all it holds, once
-            values = _values(session, dimension)
+            values = _full_in_transaction(session)[dimension] = _values(session, dimension)
             on_commit(session, lambda: self._remember_full(dimension, values))
         return value if admitted else OTHER
 
@@ -91,6 +93,19 @@ class LabelCaps:
     def _remember_full(self, dimension: str, values: set[str]) -> None:
         self._admitted[dimension] |= values
         self._full.add(dimension)
+
+
+def _full_in_transaction(session: Session) -> dict[str, set[str]]:
+    """The dimensions this transaction found full, with their values (until it commits, the process does not know)."""
+    # The innermost transaction: what a rolled-back savepoint found is forgotten with it.
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    if transaction is None:  # none has begun, so none found anything
+        return {}
+    found = session.info.get("label_caps_full")
+    if found is None or found[0] is not transaction:
+        found = session.info["label_caps_full"] = (transaction, {})
+    full: dict[str, set[str]] = found[1]
+    return full
 
 
 def _values(session: Session, dimension: str) -> set[str]:
