@@ -18,8 +18,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 MAX_ZONES = 50
 CONCURRENCY = 2
-# The 10,000 values take about two minutes on a loaded 2-core machine
-# (each new value is an admission query); `make test` floods 3,000 and
+# The 10,000 values took about two minutes on a loaded 2-core machine
+# (when each value past the cap was a query); `make test` floods 3,000 and
 # PANIC_METRICS_FAULT_FLOOD=10000 runs the full count.
 FLOOD = int(os.environ.get("PANIC_METRICS_FAULT_FLOOD", "3000"))
 HUGE = NEWLINE = FLOOD // 20
