@@ -18,8 +18,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 MAX_ZONES = 50
 CONCURRENCY = 2
-# The 10,000 values take about two minutes on a loaded 2-core machine
-# (each new value is an admission query); `make test` floods 3,000 and
+# The 10,000 values took about two minutes on a loaded 2-core machine
+# (when each value past the cap was a query); `make test` floods 3,000 and
 # PANIC_METRICS_FAULT_FLOOD=10000 runs the full count.
 FLOOD = int(os.environ.get("PANIC_METRICS_FAULT_FLOOD", "3000"))
 HUGE = NEWLINE = FLOOD // 20
@@ -61,8 +61,7 @@ def test_label_flood_is_capped_and_metrics_stay_valid_and_bounded(
     assert check.returncode == 0, check.stdout + check.stderr
     zones = {dict(labels)["zone"] for (name, labels), _ in worker.scrape().items() if name == "panic_requests_total"}
     flood_zones = {zone for zone in zones if zone.startswith(prefix)}
-    # A cap overshoots by what concurrent transactions admit before either
-    # commits (app/metrics/labels.py): at most the cap per pool child.
-    assert len(flood_zones) <= MAX_ZONES * CONCURRENCY
+    # Exact, whatever the pool children admit at once (app/metrics/labels.py).
+    assert len(flood_zones) <= MAX_ZONES
     assert total(worker.scrape(), "panic_requests_total", zone="other") == DISTINCT - len(flood_zones)
     stream.assert_complete()  # and still consuming
