@@ -70,11 +70,21 @@ def newest(metric: str, scheduled_job: str) -> str:
 JOB_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "aggregate_zone_performance": (
         "zone",
-        ("zone_response_time_p50_seconds", "zone_response_time_p95_seconds", "zone_completion_ratio", "zone_prank_ratio"),
+        (
+            "zone_response_time_p50_seconds",
+            "zone_response_time_p95_seconds",
+            "zone_completion_ratio",
+            "zone_prank_ratio",
+        ),
     ),
     "aggregate_firm_performance": (
         "firm_id",
-        ("firm_response_time_p50_seconds", "firm_response_time_p95_seconds", "firm_completion_ratio", "firm_prank_ratio"),
+        (
+            "firm_response_time_p50_seconds",
+            "firm_response_time_p95_seconds",
+            "firm_completion_ratio",
+            "firm_prank_ratio",
+        ),
     ),
     "refresh_subscription_metrics": ("plan", ("subscriptions_active",)),
 }
