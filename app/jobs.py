@@ -22,13 +22,18 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from app.aggregations.gauges import set_performance_gauges, set_subscription_gauges
+from app.aggregations.gauges import (
+    SUBSCRIPTIONS_JOB,
+    performance_job,
+    set_performance_gauges,
+    set_subscription_gauges,
+)
 from app.aggregations.performance import PerformanceRow, SubjectType, aggregate_window, save_snapshots
 from app.aggregations.subscriptions import active_subscriptions_by_plan
 from app.cleanup import compact_metric_files, event_cutoff, purge_events, purge_rejected, purge_rows
 from app.config import Settings, get_settings
 from app.db.models import DailyEventRollup, PerformanceSnapshot, ScheduledJobRun
-from app.db.session import get_engine, session_scope
+from app.db.session import get_engine, session_scope, transaction_clock
 from app.health import DEFAULT_QUEUES, collect_health, set_health_gauges
 from app.locks import claim_window, finish_window, finished_windows, newest_finished_window
 from app.metrics import definitions as m
@@ -41,9 +46,11 @@ SessionFactory = Callable[[], AbstractContextManager[Session]]
 
 
 class PublishPerformance(Protocol):
-    """Shows the newest window's rows (the gauges, in service)."""
+    """Shows the newest window's rows, computed at `computed_at` on the database's clock (the gauges, in service)."""
 
-    def __call__(self, session: Session, *, subject_type: SubjectType, rows: Sequence[PerformanceRow]) -> None: ...
+    def __call__(
+        self, session: Session, *, subject_type: SubjectType, rows: Sequence[PerformanceRow], computed_at: float
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -105,7 +112,7 @@ def aggregate_performance(
     """
     settings = settings or get_settings()
     now = _now(now)
-    job = f"aggregate_{subject_type}_performance"
+    job = performance_job(subject_type)
     owner = owner or default_owner()
     size = timedelta(seconds=settings.performance_window_seconds)
     newest_due: datetime | None = None  # the window whose figures the gauges show, if this run does it
@@ -124,7 +131,7 @@ def aggregate_performance(
         newest_due = candidates[-1]
     done: list[datetime] = []
     skipped: list[datetime] = []
-    newest: list[PerformanceRow] | None = None
+    newest: tuple[list[PerformanceRow], float] | None = None
     for start in due:
         with session_factory() as session:
             claimed = claim_window(
@@ -136,6 +143,9 @@ def aggregate_performance(
                 retake_finished=window is not None,
             )
             if claimed:
+                # Read before the aggregate: the rows see every commit up to it. Across
+                # hosts the greatest such time marks the newest figures (app.aggregations.gauges).
+                computed_at = transaction_clock(session)
                 rows = aggregate_window(session, subject_type=subject_type, start=start, end=start + size)
                 save_snapshots(session, subject_type=subject_type, start=start, end=start + size, rows=rows)
                 finish_window(session, job=job, window=start, now=now, owner=owner)
@@ -148,11 +158,12 @@ def aggregate_performance(
             continue
         done.append(start)
         if is_newest:
-            newest = rows
+            newest = (rows, computed_at)
     if newest is not None:
         with session_factory() as session:
-            publish(session, subject_type=subject_type, rows=newest)
-    return _reported(JobResult(job, tuple(done), tuple(skipped), {"subjects": len(newest or [])}))
+            publish(session, subject_type=subject_type, rows=newest[0], computed_at=newest[1])
+    subjects = len(newest[0]) if newest is not None else 0
+    return _reported(JobResult(job, tuple(done), tuple(skipped), {"subjects": subjects}))
 
 
 def refresh_subscriptions(
@@ -166,18 +177,19 @@ def refresh_subscriptions(
     """Set the active subscriptions by plan, once per refresh interval (the window `scheduled_at` falls in)."""
     settings = settings or get_settings()
     now = _now(now)
-    job = "refresh_subscription_metrics"
+    job = SUBSCRIPTIONS_JOB
     owner = owner or default_owner()
     window = scheduled_window(scheduled_at, now, settings.subscription_refresh_interval_seconds)
     with session_factory() as session:
         claimed = claim_window(session, job=job, window=window, now=now, owner=owner)
         if claimed:
+            computed_at = transaction_clock(session)
             active = active_subscriptions_by_plan(session, now=now)
             finish_window(session, job=job, window=window, now=now, owner=owner)
     if not claimed:
         return _reported(JobResult(job, skipped=(window,)))
     with session_factory() as session:
-        set_subscription_gauges(session, active=active)
+        set_subscription_gauges(session, active=active, computed_at=computed_at)
     return _reported(JobResult(job, done=(window,), detail={"active_by_plan": active}))
 
 

@@ -111,3 +111,15 @@ def _run_on_commit(session: Session) -> None:
 @event.listens_for(Session, "after_rollback")
 def _drop_on_commit(session: Session) -> None:
     session.info.pop("on_commit", None)
+
+
+def transaction_clock(session: Session) -> float:
+    """Unix time of the session's transaction on the database's clock: one clock for every host.
+
+    On PostgreSQL `now()`, the transaction's start: whatever the transaction
+    reads next was committed no earlier. SQLite serves one host alone, so
+    the process's clock is that host's only clock.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return time.time()
+    return float(session.execute(text("SELECT extract(epoch FROM now())")).scalar_one())

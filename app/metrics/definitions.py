@@ -229,7 +229,20 @@ QUEUE_OLDEST_AGE = Gauge(
 )
 
 # --- business aggregates (refresh_subscription_metrics, aggregate_*_performance)
+# Only the host that won a window's claim sets these, so another host keeps
+# showing an older window until it wins one. Each run that sets them also sets
+# metrics_job_gauges_computed_timestamp_seconds{scheduled_job} (the database's
+# clock when its figures were computed): across hosts the greatest marks the
+# newest answer, and the recording rules `*:newest` read only that host's
+# series (monitoring/generator/rules.py, README "Job gauges across hosts").
 
+JOB_GAUGES_COMPUTED = Gauge(
+    "metrics_job_gauges_computed_timestamp_seconds",
+    "When (database clock, Unix time) the figures this host's gauges of the job show were computed; "
+    "across hosts the greatest is the newest answer.",
+    ["scheduled_job"],
+    multiprocess_mode="mostrecent",
+)
 SUBSCRIPTIONS_ACTIVE = Gauge(
     "subscriptions_active",
     "Subscriptions active now (purchased or renewed, not cancelled, not expired), by plan.",
@@ -237,11 +250,18 @@ SUBSCRIPTIONS_ACTIVE = Gauge(
     multiprocess_mode="mostrecent",
 )
 # Per zone and firm, over the latest aggregated window (PERFORMANCE_WINDOW_SECONDS);
-# NaN for a zone or firm with nothing to compute from in that window.
-ZONE_RESPONSE_TIME = Gauge(
-    "zone_response_time_seconds",
-    "Panic response time quantiles (0.5, 0.95) per zone over the latest window.",
-    ["zone", "quantile"],
+# NaN for a zone or firm with nothing to compute from in that window. One gauge
+# per percentile: a `quantile` label is reserved for summaries.
+ZONE_RESPONSE_TIME_P50 = Gauge(
+    "zone_response_time_p50_seconds",
+    "Median panic response time per zone over the latest window.",
+    ["zone"],
+    multiprocess_mode="mostrecent",
+)
+ZONE_RESPONSE_TIME_P95 = Gauge(
+    "zone_response_time_p95_seconds",
+    "95th percentile panic response time per zone over the latest window.",
+    ["zone"],
     multiprocess_mode="mostrecent",
 )
 ZONE_COMPLETION_RATIO = Gauge(
@@ -256,10 +276,16 @@ ZONE_PRANK_RATIO = Gauge(
     ["zone"],
     multiprocess_mode="mostrecent",
 )
-FIRM_RESPONSE_TIME = Gauge(
-    "firm_response_time_seconds",
-    "Panic response time quantiles (0.5, 0.95) per firm over the latest window.",
-    ["firm_id", "quantile"],
+FIRM_RESPONSE_TIME_P50 = Gauge(
+    "firm_response_time_p50_seconds",
+    "Median panic response time per firm over the latest window.",
+    ["firm_id"],
+    multiprocess_mode="mostrecent",
+)
+FIRM_RESPONSE_TIME_P95 = Gauge(
+    "firm_response_time_p95_seconds",
+    "95th percentile panic response time per firm over the latest window.",
+    ["firm_id"],
     multiprocess_mode="mostrecent",
 )
 FIRM_COMPLETION_RATIO = Gauge(

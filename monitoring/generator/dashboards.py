@@ -330,7 +330,7 @@ def business() -> d.Dashboard:
             heatmap.Panel()
             .title("Zone response p95 (latest aggregated window)")
             .datasource(DS)
-            .targets(_ref_ids((q(f'max by (zone) (zone_response_time_seconds{{{z}, quantile="0.95"}})', "{{zone}}"),)))
+            .targets(_ref_ids((q('zone:zone_response_time_p95_seconds:newest{zone=~"$zone"}', "{{zone}}"),)))
             .unit("s")
             .height(8)
             .span(12)
@@ -338,21 +338,17 @@ def business() -> d.Dashboard:
         .with_panel(
             ts(
                 "Completion and prank ratios by zone (latest window)",
-                q(f"max by (zone) (zone_completion_ratio{{{z}}})", "completed {{zone}}"),
-                q(f"max by (zone) (zone_prank_ratio{{{z}}})", "pranks {{zone}}"),
+                q('zone:zone_completion_ratio:newest{zone=~"$zone"}', "completed {{zone}}"),
+                q('zone:zone_prank_ratio:newest{zone=~"$zone"}', "pranks {{zone}}"),
                 unit="percentunit",
             )
         )
         .with_panel(
             tabulated(
                 "Firm league table (latest window)",
-                q(
-                    f'max by (firm_id) (firm_response_time_seconds{{{firm}, quantile="0.95"}})',
-                    instant=True,
-                    table_format=True,
-                ),
-                q(f"max by (firm_id) (firm_completion_ratio{{{firm}}})", instant=True, table_format=True),
-                q(f"max by (firm_id) (firm_prank_ratio{{{firm}}})", instant=True, table_format=True),
+                q(f"firm_id:firm_response_time_p95_seconds:newest{{{firm}}}", instant=True, table_format=True),
+                q(f"firm_id:firm_completion_ratio:newest{{{firm}}}", instant=True, table_format=True),
+                q(f"firm_id:firm_prank_ratio:newest{{{firm}}}", instant=True, table_format=True),
                 description=(
                     "Per firm: response p95 (s), completion ratio, prank ratio, from aggregate_firm_performance."
                 ),
@@ -373,7 +369,7 @@ def business() -> d.Dashboard:
             )
         )
         .with_row(d.Row("Customers"))
-        .with_panel(ts("Active subscriptions by plan", q(f"max by (plan) (subscriptions_active{{{I}}})"), width=8))
+        .with_panel(ts("Active subscriptions by plan", q("plan:subscriptions_active:newest", "{{plan}}"), width=8))
         .with_panel(
             ts(
                 "Subscription purchases, renewals, cancellations / h",

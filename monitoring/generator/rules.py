@@ -52,8 +52,50 @@ def _quantile(q: float, metric: str, by: str, matchers: str = "") -> str:
     return f"histogram_quantile({q}, sum by ({by}, le) (rate({selector}[5m])))"
 
 
+def newest(metric: str, scheduled_job: str) -> str:
+    """`metric` as the host whose figures are newest shows it: the one PromQL answer across hosts.
+
+    Only the host that won a window's claim sets a job's gauges; every other
+    host keeps an older answer. Each setting records the database's time of
+    its figures in metrics_job_gauges_computed_timestamp_seconds, so the
+    greatest marks the newest; `max without (instance)` leaves one series per
+    subject even if two hosts tie, so a `sum` counts each subject once.
+    """
+    computed = f'metrics_job_gauges_computed_timestamp_seconds{{{W}, scheduled_job="{scheduled_job}"}}'
+    newest_host = f"{computed} == on () group_left max({computed})"
+    return f"max without (instance) ({metric}{{{W}}} and on (instance) ({newest_host}))"
+
+
+#: The gauges a scheduled job sets, by the job that sets them and the label of their subject.
+JOB_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "aggregate_zone_performance": (
+        "zone",
+        (
+            "zone_response_time_p50_seconds",
+            "zone_response_time_p95_seconds",
+            "zone_completion_ratio",
+            "zone_prank_ratio",
+        ),
+    ),
+    "aggregate_firm_performance": (
+        "firm_id",
+        (
+            "firm_response_time_p50_seconds",
+            "firm_response_time_p95_seconds",
+            "firm_completion_ratio",
+            "firm_prank_ratio",
+        ),
+    ),
+    "refresh_subscription_metrics": ("plan", ("subscriptions_active",)),
+}
+
 #: name -> expression. The dashboards read these names (dashboards.py).
 RECORDING_RULES: dict[str, str] = {
+    **{
+        f"{label}:{metric}:newest": newest(metric, scheduled_job)
+        for scheduled_job, (label, metrics) in JOB_GAUGES.items()
+        for metric in metrics
+    },
     "service_type_status:panic_requests:rate5m": (
         f"sum by (service_type, status) (rate(panic_requests_total{{{W}}}[5m]))"
     ),
@@ -220,7 +262,7 @@ ALERTS: list[Alert] = [
     ),
     Alert(
         name="ZoneCompletionRatioLow",
-        expr=f"zone_completion_ratio{{{W}}} < {t.ZONE_COMPLETION_RATIO_MIN} and on (zone) {ENOUGH_ZONE_REQUESTS}",
+        expr=f"zone:zone_completion_ratio:newest < {t.ZONE_COMPLETION_RATIO_MIN} and on (zone) {ENOUGH_ZONE_REQUESTS}",
         for_=t.ZONE_FOR,
         severity="warning",
         summary="Only {{ $value | humanizePercentage }} of panic requests in {{ $labels.zone }} complete",
@@ -232,7 +274,7 @@ ALERTS: list[Alert] = [
     Alert(
         name="ZoneResponseP95High",
         expr=(
-            f'zone_response_time_seconds{{{W}, quantile="0.95"}} > {t.ZONE_RESPONSE_P95_SECONDS}'
+            f"zone:zone_response_time_p95_seconds:newest > {t.ZONE_RESPONSE_P95_SECONDS}"
             f" and on (zone) {ENOUGH_ZONE_REQUESTS}"
         ),
         for_=t.ZONE_FOR,
@@ -245,7 +287,7 @@ ALERTS: list[Alert] = [
     ),
     Alert(
         name="ZonePrankRatioHigh",
-        expr=f"zone_prank_ratio{{{W}}} > {t.ZONE_PRANK_RATIO} and on (zone) {ENOUGH_ZONE_REQUESTS}",
+        expr=f"zone:zone_prank_ratio:newest > {t.ZONE_PRANK_RATIO} and on (zone) {ENOUGH_ZONE_REQUESTS}",
         for_=t.ZONE_FOR,
         severity="warning",
         summary="{{ $value | humanizePercentage }} of panic requests in {{ $labels.zone }} are pranks",

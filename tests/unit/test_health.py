@@ -128,18 +128,22 @@ def test_performance_gauges_show_the_window_and_nan_for_quiet_zones(db_session: 
     db_session.add_all([LabelValue(dimension="zone", value=busy), LabelValue(dimension="zone", value=quiet)])
     db_session.flush()
     rows = [PerformanceRow(busy, 4, 3, 0, 1, 120.0, 300.0)]
-    set_performance_gauges(db_session, subject_type="zone", rows=rows)
-    assert sample("zone_response_time_seconds", zone=busy, quantile="0.95") == 300.0
+    set_performance_gauges(db_session, subject_type="zone", rows=rows, computed_at=1_000.0)
+    assert sample("zone_response_time_p95_seconds", zone=busy) == 300.0
+    assert sample("zone_response_time_p50_seconds", zone=busy) == 120.0
     assert sample("zone_completion_ratio", zone=busy) == 0.75
     assert sample("zone_prank_ratio", zone=busy) == 0.25
     assert math.isnan(sample("zone_completion_ratio", zone=quiet) or 0.0)
+    assert sample("metrics_job_gauges_computed_timestamp_seconds", scheduled_job="aggregate_zone_performance") == 1e3
 
 
 def test_firm_gauges_admit_new_firms_under_the_cap(db_session: Session) -> None:
     """Firms are admitted as label values by the aggregation itself and show under firm_id."""
     firm = f"firm-{uuid.uuid4().hex[:6]}"
-    set_performance_gauges(db_session, subject_type="firm", rows=[PerformanceRow(firm, 1, 1, 0, 0, 42.0, 42.0)])
-    assert sample("firm_response_time_seconds", firm_id=firm, quantile="0.5") == 42.0
+    set_performance_gauges(
+        db_session, subject_type="firm", rows=[PerformanceRow(firm, 1, 1, 0, 0, 42.0, 42.0)], computed_at=1_000.0
+    )
+    assert sample("firm_response_time_p50_seconds", firm_id=firm) == 42.0
     assert sample("firm_completion_ratio", firm_id=firm) == 1.0
 
 

@@ -30,7 +30,14 @@ class Published:
         self.calls: list[tuple[SubjectType, list[PerformanceRow]]] = []
         self._lock = threading.Lock()
 
-    def __call__(self, _session: Session, *, subject_type: SubjectType, rows: Sequence[PerformanceRow]) -> None:
+    def __call__(
+        self,
+        _session: Session,
+        *,
+        subject_type: SubjectType,
+        rows: Sequence[PerformanceRow],
+        computed_at: float,  # noqa: ARG002 - the protocol names it
+    ) -> None:
         with self._lock:
             self.calls.append((subject_type, list(rows)))
 
