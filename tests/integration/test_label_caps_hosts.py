@@ -8,13 +8,13 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import Engine, func, select, text
 
 from app.config import Settings
 from app.db.models import LabelValue, MetricEvent
 from app.metrics.labels import OTHER
 from tests.integration.conftest import WorkerFactory
-from tests.support.db import migrate
+from tests.support.db import migrated_database
 from tests.support.services import PostgresDatabase, RedisServer, wait_until
 from tests.support.worker import Worker
 from workers.celery_app import create_app
@@ -30,15 +30,8 @@ ZONES_PER_MESSAGE = 20
 @pytest.fixture
 def caps_engine(pg_database: PostgresDatabase) -> Iterator[Engine]:
     """A database of this test's own: the run's shared one holds zones other tests admitted."""
-    database = PostgresDatabase()
-    database.create()
-    engine = create_engine(database.url)
-    try:
-        migrate(engine)
+    with migrated_database() as engine:
         yield engine
-    finally:
-        engine.dispose()
-        database.drop()
 
 
 def waiting_on_locks(engine: Engine) -> int:

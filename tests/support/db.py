@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session
 
+from tests.support.services import PostgresDatabase
 from tests.support.worker import ROOT
 
 
@@ -31,6 +33,21 @@ def downgrade(engine: Engine, revision: str = "base") -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.downgrade(config, revision)
+
+
+@contextmanager
+def migrated_database(**engine_options: Any) -> Iterator[Engine]:
+    """A migrated PostgreSQL database no other test writes to (the run's shared one holds other tests' rows),
+    dropped at the end."""
+    database = PostgresDatabase()
+    database.create()
+    engine = create_engine(database.url, **engine_options)
+    try:
+        migrate(engine)
+        yield engine
+    finally:
+        engine.dispose()
+        database.drop()
 
 
 @contextmanager

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, create_engine, delete, event, select, text
+from sqlalchemy import Engine, delete, event, select, text
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -20,7 +20,7 @@ from app.ingest import reset_label_caps, store_and_count
 from app.metrics.labels import OTHER, LabelCaps
 from panic_metrics_client.events import Event
 from panic_metrics_client.parsing import parse_event
-from tests.support.db import committing_factory, migrate
+from tests.support.db import committing_factory, migrated_database
 from tests.support.services import PostgresDatabase, wait_until
 
 SMALL_CAPS = Settings(max_zones=3, max_small_dimension=2)
@@ -34,15 +34,8 @@ Transaction = tuple[int, list[tuple[str, str]], bool]
 @pytest.fixture(scope="module")
 def empty_label_values_pg(pg_database: PostgresDatabase) -> Iterator[Engine]:
     """A PostgreSQL database of this module's own: the run's shared one holds label values other tests committed."""
-    database = PostgresDatabase()
-    database.create()
-    engine = create_engine(database.url)
-    try:
-        migrate(engine)
+    with migrated_database() as engine:
         yield engine
-    finally:
-        engine.dispose()
-        database.drop()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
