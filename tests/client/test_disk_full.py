@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from panic_metrics_client import Client
 from tests.client.conftest import BreakableRedis, ClientFactory
 from tests.client.test_app_process import queued_event_ids
 from tests.support.disk import SmallTmpfs, small_tmpfs
@@ -29,18 +30,25 @@ def full_disk(tmp_path: Path) -> Iterator[SmallTmpfs]:
         yield disk
 
 
+def in_an_outage_on_a_full_disk(
+    make_client: ClientFactory, broker: BreakableRedis, disk: SmallTmpfs, *, queue_size: int
+) -> Client:
+    """A client whose broker is stopped (refused) and whose spool directory is on the full disk."""
+    broker.stop()
+    return make_client(
+        broker_url=broker.url,
+        spool_dir=disk.path / "spool",
+        send_timeout_ms=300,
+        retry_interval_ms=200,
+        queue_size=queue_size,
+    )
+
+
 def test_a_full_spool_disk_keeps_events_in_memory_and_delivers_them_once_both_return(
     make_client: ClientFactory, breakable_redis: BreakableRedis, full_disk: SmallTmpfs
 ) -> None:
     """Disk full and broker refused: flush says False, nothing is dropped under the bound, all arrive later, once."""
-    breakable_redis.stop()
-    client = make_client(
-        broker_url=breakable_redis.url,
-        spool_dir=full_disk.path / "spool",
-        send_timeout_ms=300,
-        retry_interval_ms=200,
-        queue_size=500,
-    )
+    client = in_an_outage_on_a_full_disk(make_client, breakable_redis, full_disk, queue_size=500)
     ids = [str(client.record_fields("panic_request", sample_payload("panic_request"))) for _ in range(300)]
     assert not client.flush(timeout=3)  # still waiting in memory: not delivered, not on disk
     stats = client.stats()
@@ -60,14 +68,7 @@ def test_past_its_memory_bound_a_full_spool_disk_drops_the_oldest_and_flush_says
     make_client: ClientFactory, breakable_redis: BreakableRedis, full_disk: SmallTmpfs
 ) -> None:
     """More waiting than the bound: the oldest are dropped and counted, flush is False, the rest arrive once."""
-    breakable_redis.stop()
-    client = make_client(
-        broker_url=breakable_redis.url,
-        spool_dir=full_disk.path / "spool",
-        send_timeout_ms=300,
-        retry_interval_ms=200,
-        queue_size=100,
-    )
+    client = in_an_outage_on_a_full_disk(make_client, breakable_redis, full_disk, queue_size=100)
     ids = []
     for _ in range(4):  # in rounds the sender takes one by one, so the memory queue itself never overflows
         ids += [str(client.record_fields("panic_request", sample_payload("panic_request"))) for _ in range(60)]
