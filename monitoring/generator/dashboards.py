@@ -182,6 +182,16 @@ def worker_overview() -> d.Dashboard:
         .with_panel(ts("Dependencies (1 = up)", q(f"dependency_up{{{I}}}", "{{dependency}} @ {{instance}}"), width=12))
         .with_row(d.Row("Events"))
         .with_panel(
+            single(
+                "Events stored (all hosts)",
+                q(f"sum(metrics_events_stored_total{{{I}}})"),
+                width=24,
+            ).description(
+                "Stored since each host's worker started, summed over the hosts found (one series per host: no"
+                " double count); a restarted worker starts again from 0. Per second by kind: the next panel."
+            )
+        )
+        .with_panel(
             ts("Events stored / s by kind", q(f"sum by (kind) (rate(metrics_events_stored_total{{{I}}}[{RATE}]))"))
         )
         .with_panel(
