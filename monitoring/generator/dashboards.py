@@ -237,14 +237,15 @@ def worker_overview() -> d.Dashboard:
         .with_panel(
             ts(
                 "Queue depth",
-                q(f"celery_queue_length{{{I}}}", "{{queue}} @ {{instance}}"),
+                q("queue:celery_queue_length:newest", "{{queue}}"),
                 limits=((t.QUEUE_BACKLOG_MESSAGES, "orange"),),
+                description="The broker's queues as the newest health refresh read them, whichever host ran it.",
             )
         )
         .with_panel(
             ts(
                 "Oldest message age",
-                q(f"celery_queue_oldest_message_age_seconds{{{I}}}", "{{queue}} @ {{instance}}"),
+                q("queue:celery_queue_oldest_message_age_seconds:newest", "{{queue}}"),
                 unit="s",
                 limits=((t.QUEUE_OLDEST_MESSAGE_SECONDS, "orange"),),
             )

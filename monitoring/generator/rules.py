@@ -66,7 +66,11 @@ def newest(metric: str, scheduled_job: str) -> str:
     return f"max without (instance) ({metric}{{{W}}} and on (instance) ({newest_host}))"
 
 
-#: The gauges a scheduled job sets, by the job that sets them and the label of their subject.
+#: The gauges a scheduled job sets, by the job that sets them and the label of their subject:
+#: those that hosts report differently (the claim's winner is fresh, the others older) and
+#: rules or dashboards read across hosts. The queue figures are the broker's, one answer for
+#: every host. dependency_up stays per host: a host cut off from the database refreshes without
+#: a claim and reports it under its own instance.
 JOB_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "aggregate_zone_performance": (
         "zone",
@@ -87,6 +91,7 @@ JOB_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
         ),
     ),
     "refresh_subscription_metrics": ("plan", ("subscriptions_active",)),
+    "refresh_health_metrics": ("queue", ("celery_queue_length", "celery_queue_oldest_message_age_seconds")),
 }
 
 #: name -> expression. The dashboards read these names (dashboards.py).
@@ -198,7 +203,7 @@ ALERTS: list[Alert] = [
     Alert(
         name="EventsNotConsumed",
         expr=(
-            f'max without (instance) (celery_queue_length{{{W}, queue="events"}}) > 0'
+            'queue:celery_queue_length:newest{queue="events"} > 0'
             f" unless on () sum(rate(metrics_events_stored_total{{{W}}}[10m])) > 0"
         ),
         for_=t.EVENTS_NOT_CONSUMED_FOR,
@@ -299,7 +304,8 @@ ALERTS: list[Alert] = [
     Alert(
         name="QueueBacklogGrowing",
         expr=(
-            f"celery_queue_length{{{W}}} > {t.QUEUE_BACKLOG_MESSAGES} and deriv(celery_queue_length{{{W}}}[15m]) > 0"
+            f"queue:celery_queue_length:newest > {t.QUEUE_BACKLOG_MESSAGES}"
+            " and deriv(queue:celery_queue_length:newest[15m]) > 0"
         ),
         for_=t.QUEUE_BACKLOG_FOR,
         severity="warning",
@@ -311,7 +317,7 @@ ALERTS: list[Alert] = [
     ),
     Alert(
         name="QueueOldestMessageTooOld",
-        expr=f"celery_queue_oldest_message_age_seconds{{{W}}} > {t.QUEUE_OLDEST_MESSAGE_SECONDS}",
+        expr=f"queue:celery_queue_oldest_message_age_seconds:newest > {t.QUEUE_OLDEST_MESSAGE_SECONDS}",
         for_=t.QUEUE_OLDEST_FOR,
         severity="warning",
         summary="Oldest message in {{ $labels.queue }} waits for {{ $value | humanizeDuration }}",
