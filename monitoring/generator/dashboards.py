@@ -179,7 +179,14 @@ def worker_overview() -> d.Dashboard:
         .with_row(d.Row("Targets and dependencies"))
         .with_panel(single("Worker endpoints up", q(f"sum(up{{{I}}})"), limits=()))
         .with_panel(single("Worker endpoints down", q(f"count(up{{{I}}} == 0) or vector(0)"), limits=((1, "red"),)))
-        .with_panel(ts("Dependencies (1 = up)", q(f"dependency_up{{{I}}}", "{{dependency}} @ {{instance}}"), width=12))
+        .with_panel(
+            ts(
+                "Dependencies (1 = up)",
+                q("dependency:dependency_up:newest", "{{dependency}}"),
+                description="As the newest health refresh found them, whichever host ran it.",
+                width=12,
+            )
+        )
         .with_row(d.Row("Events"))
         .with_panel(
             single(

@@ -69,8 +69,7 @@ def newest(metric: str, scheduled_job: str) -> str:
 #: The gauges a scheduled job sets, by the job that sets them and the label of their subject:
 #: those that hosts report differently (the claim's winner is fresh, the others older) and
 #: rules or dashboards read across hosts. The queue figures are the broker's, one answer for
-#: every host. dependency_up stays per host: a host cut off from the database refreshes without
-#: a claim and reports it under its own instance.
+#: every host.
 JOB_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "aggregate_zone_performance": (
         "zone",
@@ -101,6 +100,9 @@ RECORDING_RULES: dict[str, str] = {
         for scheduled_job, (label, metrics) in JOB_GAUGES.items()
         for metric in metrics
     },
+    # The health refresh's other subject: one beat message per interval, so one host reads the
+    # dependencies and the others keep their last reading (a database down long fixed, say).
+    "dependency:dependency_up:newest": newest("dependency_up", "refresh_health_metrics"),
     "service_type_status:panic_requests:rate5m": (
         f"sum by (service_type, status) (rate(panic_requests_total{{{W}}}[5m]))"
     ),
@@ -183,22 +185,22 @@ ALERTS: list[Alert] = [
     ),
     Alert(
         name="DatabaseUnreachable",
-        expr=f'dependency_up{{{W}, dependency="database"}} == 0',
+        expr='dependency:dependency_up:newest{dependency="database"} == 0',
         for_=t.DEPENDENCY_DOWN_FOR,
         severity="critical",
-        summary="Worker {{ $labels.instance }} cannot reach the database",
+        summary="The workers cannot reach the database",
         description=(
-            "The health refresh on {{ $labels.instance }} found PostgreSQL unreachable. Event tasks retry with"
-            " backoff and go to the dead-letter store when their retries run out."
+            "The latest health refresh (whichever host ran it) found PostgreSQL unreachable. Event tasks retry"
+            " with backoff and go to the dead-letter store when their retries run out."
         ),
     ),
     Alert(
         name="BrokerUnreachable",
-        expr=f'dependency_up{{{W}, dependency="broker"}} == 0',
+        expr='dependency:dependency_up:newest{dependency="broker"} == 0',
         for_=t.DEPENDENCY_DOWN_FOR,
         severity="critical",
-        summary="Worker {{ $labels.instance }} cannot reach the broker",
-        description="The health refresh on {{ $labels.instance }} found Redis (the broker) unreachable.",
+        summary="The workers cannot reach the broker",
+        description="The latest health refresh (whichever host ran it) found Redis (the broker) unreachable.",
     ),
     Alert(
         name="EventsNotConsumed",
