@@ -348,13 +348,16 @@ ALERTS: list[Alert] = [
     ),
     Alert(
         name="EventsDeadLettered",
-        expr=f"sum by (kind) (increase(metrics_events_dead_lettered_total{{{W}}}[10m])) > 0",
+        # By instance: the dead letters are files on that host, and only that host can replay them.
+        expr=f"sum by (instance, kind) (increase(metrics_events_dead_lettered_total{{{W}}}[10m])) > 0",
         for_="0m",
         severity="critical",
-        summary="{{ $value | humanize }} {{ $labels.kind }} events went to the dead-letter store",
+        summary=(
+            "{{ $value | humanize }} {{ $labels.kind }} events went to the dead-letter store on {{ $labels.instance }}"
+        ),
         description=(
-            "Events ran out of retries and were written to DEAD_LETTER_DIR; they are not counted until"
-            " `panic-metrics replay-dead-letters` runs on that host."
+            "Events ran out of retries and were written to DEAD_LETTER_DIR on {{ $labels.instance }}; they are not"
+            " counted until `panic-metrics replay-dead-letters` runs on that host."
         ),
     ),
     Alert(
