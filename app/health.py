@@ -278,3 +278,8 @@ def set_health_gauges(report: HealthReport) -> None:
         m.QUEUE_LENGTH.labels(queue=queue).set(math.nan if queued is None else queued.messages)
         age = None if queued is None else 0 if queued.messages == 0 else queued.oldest_age_seconds
         m.QUEUE_OLDEST_AGE.labels(queue=queue).set(_or_nan(age))
+    # Only the host that wins an interval's claim refreshes, so the others show
+    # older queue depths; this mark, set last, tells Prometheus which host's
+    # are newest (the `queue:*:newest` rules). The host's clock, not the
+    # database's: the refresh must run when the database is down.
+    m.JOB_GAUGES_COMPUTED.labels(scheduled_job="refresh_health_metrics").set(time.time())

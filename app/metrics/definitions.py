@@ -238,8 +238,8 @@ QUEUE_OLDEST_AGE = Gauge(
 
 JOB_GAUGES_COMPUTED = Gauge(
     "metrics_job_gauges_computed_timestamp_seconds",
-    "When (database clock, Unix time) the figures this host's gauges of the job show were computed; "
-    "across hosts the greatest is the newest answer.",
+    "When (database clock, Unix time; the host's for refresh_health_metrics) the figures this host's gauges "
+    "of the job show were computed; across hosts the greatest is the newest answer.",
     ["scheduled_job"],
     multiprocess_mode="mostrecent",
 )

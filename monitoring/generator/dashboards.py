@@ -179,8 +179,25 @@ def worker_overview() -> d.Dashboard:
         .with_row(d.Row("Targets and dependencies"))
         .with_panel(single("Worker endpoints up", q(f"sum(up{{{I}}})"), limits=()))
         .with_panel(single("Worker endpoints down", q(f"count(up{{{I}}} == 0) or vector(0)"), limits=((1, "red"),)))
-        .with_panel(ts("Dependencies (1 = up)", q(f"dependency_up{{{I}}}", "{{dependency}} @ {{instance}}"), width=12))
+        .with_panel(
+            ts(
+                "Dependencies (1 = up)",
+                q("dependency:dependency_up:newest", "{{dependency}}"),
+                description="As the newest health refresh found them, whichever host ran it.",
+                width=12,
+            )
+        )
         .with_row(d.Row("Events"))
+        .with_panel(
+            single(
+                "Events stored (all hosts)",
+                q(f"sum(metrics_events_stored_total{{{I}}})"),
+                width=24,
+            ).description(
+                "Stored since each host's worker started, summed over the hosts found (one series per host: no"
+                " double count); a restarted worker starts again from 0. Per second by kind: the next panel."
+            )
+        )
         .with_panel(
             ts("Events stored / s by kind", q(f"sum by (kind) (rate(metrics_events_stored_total{{{I}}}[{RATE}]))"))
         )
@@ -227,14 +244,15 @@ def worker_overview() -> d.Dashboard:
         .with_panel(
             ts(
                 "Queue depth",
-                q(f"celery_queue_length{{{I}}}", "{{queue}} @ {{instance}}"),
+                q("queue:celery_queue_length:newest", "{{queue}}"),
                 limits=((t.QUEUE_BACKLOG_MESSAGES, "orange"),),
+                description="The broker's queues as the newest health refresh read them, whichever host ran it.",
             )
         )
         .with_panel(
             ts(
                 "Oldest message age",
-                q(f"celery_queue_oldest_message_age_seconds{{{I}}}", "{{queue}} @ {{instance}}"),
+                q("queue:celery_queue_oldest_message_age_seconds:newest", "{{queue}}"),
                 unit="s",
                 limits=((t.QUEUE_OLDEST_MESSAGE_SECONDS, "orange"),),
             )

@@ -66,7 +66,10 @@ def newest(metric: str, scheduled_job: str) -> str:
     return f"max without (instance) ({metric}{{{W}}} and on (instance) ({newest_host}))"
 
 
-#: The gauges a scheduled job sets, by the job that sets them and the label of their subject.
+#: The gauges a scheduled job sets, by the job that sets them and the label of their subject:
+#: those that hosts report differently (the claim's winner is fresh, the others older) and
+#: rules or dashboards read across hosts. The queue figures are the broker's, one answer for
+#: every host.
 JOB_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "aggregate_zone_performance": (
         "zone",
@@ -87,6 +90,7 @@ JOB_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
         ),
     ),
     "refresh_subscription_metrics": ("plan", ("subscriptions_active",)),
+    "refresh_health_metrics": ("queue", ("celery_queue_length", "celery_queue_oldest_message_age_seconds")),
 }
 
 #: name -> expression. The dashboards read these names (dashboards.py).
@@ -96,6 +100,9 @@ RECORDING_RULES: dict[str, str] = {
         for scheduled_job, (label, metrics) in JOB_GAUGES.items()
         for metric in metrics
     },
+    # The health refresh's other subject: one beat message per interval, so one host reads the
+    # dependencies and the others keep their last reading (a database down long fixed, say).
+    "dependency:dependency_up:newest": newest("dependency_up", "refresh_health_metrics"),
     "service_type_status:panic_requests:rate5m": (
         f"sum by (service_type, status) (rate(panic_requests_total{{{W}}}[5m]))"
     ),
@@ -178,27 +185,27 @@ ALERTS: list[Alert] = [
     ),
     Alert(
         name="DatabaseUnreachable",
-        expr=f'dependency_up{{{W}, dependency="database"}} == 0',
+        expr='dependency:dependency_up:newest{dependency="database"} == 0',
         for_=t.DEPENDENCY_DOWN_FOR,
         severity="critical",
-        summary="Worker {{ $labels.instance }} cannot reach the database",
+        summary="The workers cannot reach the database",
         description=(
-            "The health refresh on {{ $labels.instance }} found PostgreSQL unreachable. Event tasks retry with"
-            " backoff and go to the dead-letter store when their retries run out."
+            "The latest health refresh (whichever host ran it) found PostgreSQL unreachable. Event tasks retry"
+            " with backoff and go to the dead-letter store when their retries run out."
         ),
     ),
     Alert(
         name="BrokerUnreachable",
-        expr=f'dependency_up{{{W}, dependency="broker"}} == 0',
+        expr='dependency:dependency_up:newest{dependency="broker"} == 0',
         for_=t.DEPENDENCY_DOWN_FOR,
         severity="critical",
-        summary="Worker {{ $labels.instance }} cannot reach the broker",
-        description="The health refresh on {{ $labels.instance }} found Redis (the broker) unreachable.",
+        summary="The workers cannot reach the broker",
+        description="The latest health refresh (whichever host ran it) found Redis (the broker) unreachable.",
     ),
     Alert(
         name="EventsNotConsumed",
         expr=(
-            f'max without (instance) (celery_queue_length{{{W}, queue="events"}}) > 0'
+            'queue:celery_queue_length:newest{queue="events"} > 0'
             f" unless on () sum(rate(metrics_events_stored_total{{{W}}}[10m])) > 0"
         ),
         for_=t.EVENTS_NOT_CONSUMED_FOR,
@@ -299,7 +306,8 @@ ALERTS: list[Alert] = [
     Alert(
         name="QueueBacklogGrowing",
         expr=(
-            f"celery_queue_length{{{W}}} > {t.QUEUE_BACKLOG_MESSAGES} and deriv(celery_queue_length{{{W}}}[15m]) > 0"
+            f"queue:celery_queue_length:newest > {t.QUEUE_BACKLOG_MESSAGES}"
+            " and deriv(queue:celery_queue_length:newest[15m]) > 0"
         ),
         for_=t.QUEUE_BACKLOG_FOR,
         severity="warning",
@@ -311,7 +319,7 @@ ALERTS: list[Alert] = [
     ),
     Alert(
         name="QueueOldestMessageTooOld",
-        expr=f"celery_queue_oldest_message_age_seconds{{{W}}} > {t.QUEUE_OLDEST_MESSAGE_SECONDS}",
+        expr=f"queue:celery_queue_oldest_message_age_seconds:newest > {t.QUEUE_OLDEST_MESSAGE_SECONDS}",
         for_=t.QUEUE_OLDEST_FOR,
         severity="warning",
         summary="Oldest message in {{ $labels.queue }} waits for {{ $value | humanizeDuration }}",
@@ -340,13 +348,16 @@ ALERTS: list[Alert] = [
     ),
     Alert(
         name="EventsDeadLettered",
-        expr=f"sum by (kind) (increase(metrics_events_dead_lettered_total{{{W}}}[10m])) > 0",
+        # By instance: the dead letters are files on that host, and only that host can replay them.
+        expr=f"sum by (instance, kind) (increase(metrics_events_dead_lettered_total{{{W}}}[10m])) > 0",
         for_="0m",
         severity="critical",
-        summary="{{ $value | humanize }} {{ $labels.kind }} events went to the dead-letter store",
+        summary=(
+            "{{ $value | humanize }} {{ $labels.kind }} events went to the dead-letter store on {{ $labels.instance }}"
+        ),
         description=(
-            "Events ran out of retries and were written to DEAD_LETTER_DIR; they are not counted until"
-            " `panic-metrics replay-dead-letters` runs on that host."
+            "Events ran out of retries and were written to DEAD_LETTER_DIR on {{ $labels.instance }}; they are not"
+            " counted until `panic-metrics replay-dead-letters` runs on that host."
         ),
     ),
     Alert(

@@ -37,6 +37,7 @@ class Prometheus(LoggedProcess):
         targets: Iterable[str] = (),
         rule_files: Iterable[Path] = RULE_FILES,
         alertmanager: str | None = None,
+        worker_job: Mapping[str, Any] | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -45,7 +46,10 @@ class Prometheus(LoggedProcess):
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(path) for path in rule_files],
             "scrape_configs": [
-                {"job_name": thresholds.WORKER_JOB, "static_configs": [{"targets": list(targets)}]},
+                # `worker_job` in place of `targets`: a job of its own (e.g. prometheus.yml's, with file_sd).
+                dict(worker_job)
+                if worker_job is not None
+                else {"job_name": thresholds.WORKER_JOB, "static_configs": [{"targets": list(targets)}]},
                 # Itself, as the real prometheus.yml does: a target outside the worker job.
                 {"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{self.port}"]}]},
             ],
@@ -93,6 +97,13 @@ class Prometheus(LoggedProcess):
     def stop(self) -> None:
         self.client.close()
         super().stop()
+
+    def targets(self, job: str = thresholds.WORKER_JOB) -> dict[str, str]:
+        """The active targets of `job`: instance -> health (up, down, unknown)."""
+        response = httpx.get(f"{self.url}/api/v1/targets", params={"state": "active"}, timeout=10)
+        response.raise_for_status()
+        active = response.json()["data"]["activeTargets"]
+        return {t["labels"]["instance"]: t["health"] for t in active if t["labels"]["job"] == job}
 
     def targets_up(self) -> bool:
         """Every scrape target has been scraped successfully."""

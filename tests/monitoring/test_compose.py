@@ -211,3 +211,25 @@ def test_every_mounted_file_exists() -> None:
     for job in scrape["scrape_configs"]:
         if "basic_auth" in job:
             assert job["basic_auth"]["password_file"] in given
+
+
+def test_prometheus_finds_the_stacks_worker_through_its_targets_files() -> None:
+    """The worker job's file_sd patterns lie in Prometheus's mount and match files listing `worker:METRICS_PORT`."""
+    scrape = yaml.safe_load((ROOT / "monitoring/prometheus/prometheus.yml").read_text())
+    (job,) = (job for job in scrape["scrape_configs"] if job["job_name"] == "panic-metrics-worker")
+    assert "static_configs" not in job  # one source of hosts: the targets files
+    patterns = [pattern for sd in job["file_sd_configs"] for pattern in sd["files"]]
+    targets: list[str] = []
+    for pattern in patterns:
+        # Prometheus resolves a relative pattern against the config file's directory.
+        in_container = str(PurePosixPath("/etc/prometheus") / pattern)
+        found = _container_path_to_repo(services()["prometheus"], in_container)
+        assert found is not None, f"{pattern} is not mounted into the prometheus service"
+        files = sorted(found.parent.glob(found.name))
+        assert files, f"no file matches {pattern}"
+        for path in files:
+            for group in yaml.safe_load(path.read_text()):
+                assert set(group) <= {"targets", "labels"}, path
+                targets.extend(group["targets"])
+    assert all(re.fullmatch(r"[\w.-]+:\d+", target) for target in targets), targets
+    assert targets == [f"worker:{services()['worker']['environment']['METRICS_PORT']}"]

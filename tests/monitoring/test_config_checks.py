@@ -49,6 +49,37 @@ def test_prometheus_config_is_valid() -> None:
     assert "2 rule files found" in out
 
 
+def _readme_kubernetes_example() -> dict[str, object]:
+    """The worker job's discovery in README's Kubernetes example (the YAML block after "On Kubernetes")."""
+    readme = (ROOT / "README.md").read_text()
+    found = re.search(r"On Kubernetes.*?```yaml\n(.*?)```", readme, re.DOTALL)
+    assert found is not None, "README.md has no Kubernetes pod discovery example"
+    example: dict[str, object] = yaml.safe_load(found.group(1))
+    return example
+
+
+def test_readme_kubernetes_pod_discovery_example_is_valid(tmp_path: Path) -> None:
+    """README's Kubernetes example: its relabelling passes promtool in prometheus.yml's worker job; pod role, one port.
+
+    Debian's promtool is built without Kubernetes discovery ("field
+    kubernetes_sd_configs not found"), so the discovery block itself is
+    checked for shape here, and its relabelling by promtool.
+    """
+    example = _readme_kubernetes_example()
+    assert set(example) == {"kubernetes_sd_configs", "relabel_configs"}
+    (discovery,) = example["kubernetes_sd_configs"]  # type: ignore[misc]
+    assert discovery["role"] == "pod"
+    assert [selector["role"] for selector in discovery["selectors"]] == ["pod"]
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    config["rule_files"] = [str(PROMETHEUS / path) for path in config["rule_files"]]
+    (job,) = (job for job in config["scrape_configs"] if job["job_name"] == thresholds.WORKER_JOB)
+    job["file_sd_configs"] = [{"files": [str(PROMETHEUS / pattern) for pattern in job["file_sd_configs"][0]["files"]]}]
+    job["relabel_configs"] = example["relabel_configs"]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    out = run(tool("promtool"), "check", "config", str(tmp_path / "prometheus.yml"))
+    assert "is valid prometheus config file syntax" in out
+
+
 def test_rule_files_are_valid() -> None:
     """`promtool check rules` accepts every rule, and counts what the generator wrote."""
     out = run(tool("promtool"), "check", "rules", *(str(p) for p in sorted((PROMETHEUS / "rules").glob("*.yml"))))

@@ -95,6 +95,18 @@ def test_health_refresh_reports_a_database_it_cannot_reach(tmp_path: Path) -> No
     assert sample("celery_queue_length", queue="events") == 0
 
 
+def test_health_refresh_marks_its_figures_with_the_hosts_clock_even_with_the_database_down(tmp_path: Path) -> None:
+    """The refresh_health_metrics mark the `queue:*:newest` rules read is set, by this host's clock, as it finishes."""
+    engine = create_engine(UNREACHABLE_DATABASE, connect_args={"connect_timeout": 2})
+    before = time.time()
+    refresh_health(
+        settings=embedded(tmp_path), engine=engine, session_factory=lambda: session_scope(engine), queues=("events",)
+    )
+    marked = sample("metrics_job_gauges_computed_timestamp_seconds", scheduled_job="refresh_health_metrics")
+    assert marked is not None
+    assert before <= marked <= time.time()
+
+
 @pytest.mark.integration
 def test_redis_queue_depth_counts_priority_sub_queues_and_the_oldest_message(redis_server: RedisServer) -> None:
     """Messages in a queue's priority sub-lists count; the oldest age is the oldest tail's published_at."""
