@@ -10,8 +10,13 @@ from typing import Any
 from kombu import Connection
 from kombu.transport import resolve_transport
 
+from panic_metrics_client.filesystem_transport import use_whole_message_filesystem_transport
 from panic_metrics_client.messages import EVENTS_QUEUE, Message, body, headers
 from panic_metrics_client.settings import ClientSettings
+
+# Every process that publishes or consumes through the embedded broker imports this module (the
+# client, the worker, the commands): each then writes whole messages only.
+use_whole_message_filesystem_transport()
 
 
 def filesystem_options(folder: Path) -> dict[str, Any]:
