@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
-from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -406,6 +406,29 @@ def test_unreachable_database_is_database_unavailable_and_counts_nothing(
     after = scrape()
     assert_counted(before, after, "auth", tag, times=0)
     assert delta(before, after, "metrics_events_rejected_total", kind="auth", reason=SURPLUS_REASON) == 0
+
+
+@pytest.mark.integration
+def test_pooled_connection_dropped_by_the_server_is_retried_once_and_counted_once(pg_engine: Engine, tag: str) -> None:
+    """Without a pre-ping, a pooled connection the server dropped fails the lock; a fresh one stores it once."""
+    engine = create_engine(pg_engine.url, pool_pre_ping=False, pool_size=1, max_overflow=0)
+    factory = lambda: session_scope(engine)  # noqa: E731 - the one-line factory ingest takes
+    try:
+        ingest([sample_payload("auth")], kind="auth", session_factory=factory)  # leaves one pooled connection
+        with engine.connect() as pooled:
+            backend = pooled.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with pg_engine.connect() as admin:
+            admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+        payload, _ = business_payload("auth", tag)
+        before = scrape()
+        assert ingest([payload], kind="auth", session_factory=factory) == IngestResult(stored=1)
+        after = scrape()
+    finally:
+        engine.dispose()
+    assert_counted(before, after, "auth", tag, times=1)
+    with pg_engine.connect() as reader:
+        stored = select(func.count()).where(MetricEvent.event_id == uuid.UUID(payload["event_id"]))
+        assert reader.scalar(stored) == 1
 
 
 # --- a full metrics disk ------------------------------------------------------------------------
