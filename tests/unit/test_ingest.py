@@ -444,6 +444,28 @@ def full_metrics_disk(tmp_path: Path, db_session: Session) -> Iterator[SmallTmpf
         yield disk
 
 
+def test_metrics_directory_out_of_files_stores_nothing_and_the_retry_stores_once(
+    db_session: Session, tag: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Free bytes but no file can be made: the pending record fails before the COMMIT; nothing stored, then once."""
+    payload, _ = business_payload("panic_request", tag)
+    # An event first, so this process's metric files are open in the run's directory, which `scrape` reads.
+    ingest([sample_payload("panic_request")], kind="panic_request", session_factory=committing_factory(db_session))
+    rows, before = stored_count(db_session), scrape()
+    with small_tmpfs(tmp_path / "metrics", size="4M", inodes=3) as disk, monkeypatch.context() as env:
+        taken = [disk.path / f"taken-{n}" for n in range(2)]
+        for path in taken:  # every inode but the root's
+            path.touch()
+        env.setenv("PROMETHEUS_MULTIPROC_DIR", str(disk.path))
+        with pytest.raises(MetricsUnwritable, match="pending counts not written"):
+            ingest([payload], kind="panic_request", session_factory=committing_factory(db_session))
+        assert stored_count(db_session) == rows
+        taken[0].unlink()
+        assert ingest([payload], kind="panic_request", session_factory=committing_factory(db_session)).stored == 1
+    assert stored_count(db_session) == rows + 1
+    assert_counted(before, scrape(), "panic_request", tag, times=1)
+
+
 def test_full_metric_files_store_nothing_and_the_retry_stores_and_counts_once(
     db_session: Session, tag: str, full_metrics_disk: SmallTmpfs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
