@@ -10,7 +10,7 @@ window claim moves by stopping and starting hosts, not by steering queues:
 2. A stopped, B started: B computes W2 (A's target down);
 3. A restarted, B still up: whichever wins W3.
 
-Each window's events carry a response time of their own (100, 200, 300 s),
+Each window's events carry a response time of their own (300, 200, 100 s),
 so the README's expression, and the `:newest` rules recording it, must show
 each round's figure and never an older one after it.
 """
@@ -86,12 +86,15 @@ def history(prometheus: Prometheus, expr: str, label: str, subject: str) -> list
 
 
 def shown_in_turn(prometheus: Prometheus, expr: str, label: str, subject: str) -> list[float]:
-    """The figures `expr` showed, in order, each once (a window with no events shows NaN in between)."""
-    figures: list[float] = []
+    """The figures `expr` showed, in order: one entry per run of equal values, NaN runs (empty windows) left out.
+
+    A figure that comes back after a NaN (an empty window) is listed again: an older window shown again.
+    """
+    runs: list[float] = []
     for figure in history(prometheus, expr, label, subject):
-        if not math.isnan(figure) and (not figures or figures[-1] != figure):
-            figures.append(figure)
-    return figures
+        if not runs or not (figure == runs[-1] or (math.isnan(figure) and math.isnan(runs[-1]))):
+            runs.append(figure)
+    return [figure for figure in runs if not math.isnan(figure)]
 
 
 def ran_once_on(engine: Engine, start: datetime, running: Mapping[str, Worker]) -> None:
@@ -160,8 +163,9 @@ def test_claim_moves_between_beat_running_hosts_and_prometheus_shows_the_newest_
             lambda: prometheus.targets() == want, timeout=60, what=f"targets {want} (log: {prometheus.log_path})"
         )
 
-    # (who is up, the window's response time)
-    rounds = [({"a"}, 100.0), ({"b"}, 200.0), ({"a", "b"}, 300.0)]
+    # (who is up, the window's response time). Falling figures: a host still serving an
+    # older window (B in round 3, if A wins W3) shows a greater one, which a plain max would pick.
+    rounds = [({"a"}, 300.0), ({"b"}, 200.0), ({"a", "b"}, 100.0)]
     windows: list[datetime] = []
     for step, (running, response_time) in enumerate(rounds):
         for name, worker in hosts.items():
