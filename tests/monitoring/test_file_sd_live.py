@@ -8,6 +8,7 @@ file lists two real workers on this machine, as config management would.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,15 @@ def shipped_worker_job(workdir: Path) -> dict[str, Any]:
     return dict(job)
 
 
+def write_targets(workdir: Path, job: Mapping[str, Any], addresses: Iterable[str]) -> Path:
+    """List `addresses` in a targets file where `job`'s file_sd pattern, relative to the config file, looks."""
+    (pattern,) = job["file_sd_configs"][0]["files"]
+    targets_file = workdir / Path(pattern).parent / "workers.yml"
+    targets_file.parent.mkdir(exist_ok=True)
+    targets_file.write_text(yaml.safe_dump([{"targets": sorted(addresses)}]))
+    return targets_file
+
+
 def dashboard_expr(title: str) -> str:
     """The query of the worker overview panel `title`, for every host (`$instance` = All)."""
     panels = json.loads(DASHBOARD.read_text())["panels"]
@@ -58,11 +68,7 @@ def test_prometheus_finds_both_hosts_in_the_targets_file_and_sees_one_go_down(
     workdir = tmp_path / "prometheus"
     workdir.mkdir()
     job = shipped_worker_job(workdir)
-    # Where the shipped pattern, relative to the config file, looks: config management's file.
-    (pattern,) = job["file_sd_configs"][0]["files"]
-    targets_file = workdir / Path(pattern).parent / "workers.yml"
-    targets_file.parent.mkdir()
-    targets_file.write_text(yaml.safe_dump([{"targets": sorted(address.values())}]))
+    write_targets(workdir, job, address.values())
     prometheus = Prometheus(workdir, worker_job=job)
     processes.extend([prometheus, *hosts.values()])
     for worker in hosts.values():
