@@ -143,3 +143,31 @@ class Alertmanager(LoggedProcess):
             return httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
+
+
+def shipped_worker_job(workdir: Path) -> dict[str, Any]:
+    """prometheus.yml's worker job, scraping every second, its password file one under `workdir`."""
+    config = yaml.safe_load((ROOT / "monitoring/prometheus/prometheus.yml").read_text())
+    (job,) = (job for job in config["scrape_configs"] if job["job_name"] == thresholds.WORKER_JOB)
+    password = workdir / "metrics_scrape_password"
+    password.write_text("not-checked-on-loopback\n")  # a loopback endpoint asks for no credentials
+    job["basic_auth"]["password_file"] = str(password)
+    job |= {"scrape_interval": "1s", "scrape_timeout": "1s"}
+    return dict(job)
+
+
+def write_targets(workdir: Path, job: Mapping[str, Any], addresses: Iterable[str]) -> Path:
+    """List `addresses` in a targets file where `job`'s file_sd pattern, relative to the config file, looks."""
+    (pattern,) = job["file_sd_configs"][0]["files"]
+    targets_file = workdir / Path(pattern).parent / "workers.yml"
+    targets_file.parent.mkdir(exist_ok=True)
+    targets_file.write_text(yaml.safe_dump([{"targets": sorted(addresses)}]))
+    return targets_file
+
+
+def scraping_by_file_sd(workdir: Path, addresses: Iterable[str]) -> Prometheus:
+    """A Prometheus (not started) running prometheus.yml's own worker job, its targets file listing `addresses`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    job = shipped_worker_job(workdir)
+    write_targets(workdir, job, addresses)
+    return Prometheus(workdir, worker_job=job)

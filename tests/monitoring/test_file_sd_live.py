@@ -8,16 +8,13 @@ file lists two real workers on this machine, as config management would.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 from celery import Celery
 
 from monitoring.generator import thresholds
-from tests.monitoring.support import Prometheus
+from tests.monitoring.support import scraping_by_file_sd
 from tests.monitoring.test_expressions_live import publish
 from tests.support.processes import ROOT, LoggedProcess
 from tests.support.services import PostgresDatabase, RedisServer, wait_until
@@ -26,28 +23,7 @@ from workers.tasks import events as tasks
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-PROMETHEUS_DIR = ROOT / "monitoring/prometheus"
 DASHBOARD = ROOT / "monitoring/grafana/dashboards/worker-overview.json"
-
-
-def shipped_worker_job(workdir: Path) -> dict[str, Any]:
-    """prometheus.yml's worker job, scraping every second, its password file one under `workdir`."""
-    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
-    (job,) = (job for job in config["scrape_configs"] if job["job_name"] == thresholds.WORKER_JOB)
-    password = workdir / "metrics_scrape_password"
-    password.write_text("not-checked-on-loopback\n")  # a loopback endpoint asks for no credentials
-    job["basic_auth"]["password_file"] = str(password)
-    job |= {"scrape_interval": "1s", "scrape_timeout": "1s"}
-    return dict(job)
-
-
-def write_targets(workdir: Path, job: Mapping[str, Any], addresses: Iterable[str]) -> Path:
-    """List `addresses` in a targets file where `job`'s file_sd pattern, relative to the config file, looks."""
-    (pattern,) = job["file_sd_configs"][0]["files"]
-    targets_file = workdir / Path(pattern).parent / "workers.yml"
-    targets_file.parent.mkdir(exist_ok=True)
-    targets_file.write_text(yaml.safe_dump([{"targets": sorted(addresses)}]))
-    return targets_file
 
 
 def dashboard_expr(title: str) -> str:
@@ -65,11 +41,7 @@ def test_prometheus_finds_both_hosts_in_the_targets_file_and_sees_one_go_down(
     env = {"BROKER_URL": own_redis.url, "DATABASE_URL": own_database.url}
     hosts = {name: Worker(env, tmp_path / name, concurrency=1) for name in ("a", "b")}
     address = {name: f"127.0.0.1:{worker.port}" for name, worker in hosts.items()}
-    workdir = tmp_path / "prometheus"
-    workdir.mkdir()
-    job = shipped_worker_job(workdir)
-    write_targets(workdir, job, address.values())
-    prometheus = Prometheus(workdir, worker_job=job)
+    prometheus = scraping_by_file_sd(tmp_path / "prometheus", address.values())
     processes.extend([prometheus, *hosts.values()])
     for worker in hosts.values():
         worker.start_process()

@@ -30,9 +30,8 @@ from sqlalchemy import Engine, Row, create_engine, select
 from app.db.models import ScheduledJobRun
 from app.windows import window_start
 from tests.integration.test_scheduled_beat import SHORT_INTERVALS
-from tests.monitoring.support import Prometheus
+from tests.monitoring.support import Prometheus, scraping_by_file_sd
 from tests.monitoring.test_expressions_live import publish
-from tests.monitoring.test_file_sd_live import shipped_worker_job, write_targets
 from tests.monitoring.test_job_gauges_live import panic, stored_events
 from tests.support.processes import ROOT, LoggedProcess
 from tests.support.services import PostgresDatabase, RedisServer, wait_until
@@ -134,11 +133,7 @@ def test_claim_moves_between_beat_running_hosts_and_prometheus_shows_the_newest_
         for name in ("a", "b")
     }
     address = {name: f"127.0.0.1:{worker.port}" for name, worker in hosts.items()}
-    workdir = tmp_path / "prometheus"
-    workdir.mkdir()
-    job = shipped_worker_job(workdir)
-    write_targets(workdir, job, address.values())
-    prometheus = Prometheus(workdir, worker_job=job)
+    prometheus = scraping_by_file_sd(tmp_path / "prometheus", address.values())
     processes.extend([prometheus, *hosts.values()])
     prometheus.start()
     engine = create_engine(own_database.url)
