@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +41,6 @@ log = logging.getLogger(__name__)
 
 SessionFactory = Callable[[], AbstractContextManager[Session]]
 
-#: The worker's sessions: no pre-ping round trip at each checkout. A pooled
-#: connection the server dropped while idle (a restart) fails the attempt's
-#: first statement, before anything is written, and is retried once on a
-#: fresh connection here (`_DeadConnection`), as the ping would have.
-unpinged_session = partial(session_scope, pre_ping=False)
-
 #: Told the name of each stage of an attempt as it ends (bench/ingest.py's
 #: profile reads a clock there); nothing by default.
 StageClock = Callable[[str], None]
@@ -59,10 +52,6 @@ def no_clock(_stage: str) -> None:
 
 class DatabaseUnavailable(RuntimeError):
     """The database could not be reached; the events are intact and may be retried."""
-
-
-class _DeadConnection(Exception):
-    """The attempt's first statement found its pooled connection dead: nothing was sent that could be stored."""
 
 
 class MetricsUnwritable(RuntimeError):
@@ -144,9 +133,6 @@ class Attempt:
         self.tally = pending.Tally()
         self.targets: list[pending.Target] = []
         self.record: Path | None = None
-        #: True once the attempt's first statement (the lock) came back: a
-        #: dead connection found later is a failed attempt, not a stale one.
-        self.locked = False
         self.prepared = False
         self.expected_rows = 0
         self.new_event_ids: list[str] = []
@@ -208,7 +194,11 @@ def resolve_unresolved(session_factory: SessionFactory = session_scope) -> set[u
     counted = set()
     for attempt in list(_unresolved.values()):
         if not attempt.committed:
-            attempt.committed = _ask_committed(attempt.token, session_factory)
+            try:
+                with session_factory() as session:
+                    attempt.committed = attempt_committed(session, attempt.token)
+            except DBAPIError as exc:
+                raise DatabaseUnavailable(f"cannot resolve pending counts: {exc.orig or exc}") from exc
         if attempt.committed:
             attempt.apply()
             counted.add(attempt.token)
@@ -217,19 +207,6 @@ def resolve_unresolved(session_factory: SessionFactory = session_scope) -> set[u
                 attempt.record.unlink(missing_ok=True)
             _unresolved.pop(attempt.token, None)
     return counted
-
-
-def _ask_committed(token: uuid.UUID, session_factory: SessionFactory) -> bool:
-    # Read only, so a connection found dead (see `unpinged_session`) is simply asked again, once.
-    for last_try in (False, True):
-        try:
-            with session_factory() as session:
-                return attempt_committed(session, token)
-        except DBAPIError as exc:
-            if last_try or not exc.connection_invalidated:
-                raise DatabaseUnavailable(f"cannot resolve pending counts: {exc.orig or exc}") from exc
-            log.info("pooled connection was dead; asking again on a fresh one", extra={"token": str(token)})
-    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
 
 def store_and_count(
@@ -244,10 +221,9 @@ def store_and_count(
     """Store `events` and keep `rejections` in the session's transaction; count what is new once it commits."""
     attempt = attempt or Attempt()
     clock = attempt.clock
-    session.connection()  # checked out here rather than inside the lock's round trip
+    session.connection()  # checked out here (and pinged) rather than inside the lock's round trip
     clock("connect")
     lock_attempt(session, attempt.token)
-    attempt.locked = True
     clock("lock")
     unique, repeated = _unique(events)
     inserted = insert_new(session, unique, published_at=published_at, stored_by=attempt.token) if unique else set()
@@ -292,7 +268,7 @@ def ingest(
     kind: str | None,
     published_at: datetime | None = None,
     message_id: str | None = None,
-    session_factory: SessionFactory = unpinged_session,
+    session_factory: SessionFactory = session_scope,
     clock: StageClock = no_clock,
 ) -> IngestResult:
     """Validate payloads, store the valid ones once and keep the rejected ones, count what was new.
@@ -314,33 +290,6 @@ def ingest(
     clock("validate")
     if not events and not rejections:
         return IngestResult()
-    store = partial(
-        _store,
-        events=events,
-        rejections=rejections,
-        published_at=published_at,
-        message_id=message_id,
-        session_factory=session_factory,
-        clock=clock,
-    )
-    try:
-        return store(retry_dead=True)
-    except _DeadConnection as dead:
-        log.info("pooled connection was dead; storing on a fresh one", extra={"error": str(dead.__cause__)})
-        return store(retry_dead=False)
-
-
-def _store(
-    *,
-    events: Sequence[Event],
-    rejections: Sequence[Rejection],
-    published_at: datetime | None,
-    message_id: str | None,
-    session_factory: SessionFactory,
-    clock: StageClock,
-    retry_dead: bool,
-) -> IngestResult:
-    """One attempt at storing and counting a message's events (see `ingest`)."""
     attempt = Attempt(clock)
     try:
         with session_factory() as session:
@@ -358,8 +307,6 @@ def _store(
         # Unreachable or dropped connections are worth a retry; any other
         # database error is a bug, and retrying it would only repeat it.
         retryable = isinstance(exc, OperationalError) or exc.connection_invalidated
-        if retry_dead and exc.connection_invalidated and not attempt.locked:
-            raise _DeadConnection from exc
         if attempt.prepared and not attempt.committed:
             # The error came from the COMMIT itself: it may have reached the
             # server. Ask once, on a fresh connection; if that fails too, the

@@ -62,7 +62,7 @@ STAGES = (
     ("pending_file", "pending-record file work (room check, write, unlink)"),
     ("resolve", "resolve earlier attempts"),
     ("validate", "decode and validation"),
-    ("connect", "session and connection checkout"),
+    ("connect", "session and connection checkout (pre-ping)"),
     ("lock", "advisory lock"),
     ("insert", "insert (unnest ... ON CONFLICT ... RETURNING)"),
     ("rejections", "rejections"),

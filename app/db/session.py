@@ -28,23 +28,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None
     cursor.close()
 
 
-_ENGINES: dict[tuple[str, bool], Engine] = {}
+_ENGINES: dict[str, Engine] = {}
 
 
-def get_engine(url: str | None = None, *, pre_ping: bool = True) -> Engine:
-    """The engine for `url` (default: DATABASE_URL), created once per process.
-
-    `pre_ping=False` is a pool of its own whose checkouts skip the liveness
-    round trip: only for callers that find a dead connection on their first
-    statement and retry it themselves (app.ingest).
-    """
+def get_engine(url: str | None = None) -> Engine:
+    """The engine for `url` (default: DATABASE_URL), created once per process."""
     url = url or get_settings().database_url
-    if (url, pre_ping) not in _ENGINES:
-        _ENGINES[url, pre_ping] = _create_engine(url, pre_ping=pre_ping)
-    return _ENGINES[url, pre_ping]
+    if url not in _ENGINES:
+        _ENGINES[url] = _create_engine(url)
+    return _ENGINES[url]
 
 
-def _create_engine(url: str, *, pre_ping: bool = True) -> Engine:
+def _create_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -63,7 +58,7 @@ def _create_engine(url: str, *, pre_ping: bool = True) -> Engine:
         "options": f"-c statement_timeout={statement_timeout_ms}",
     }
     return create_engine(
-        url, pool_pre_ping=pre_ping, pool_size=5, max_overflow=5, pool_recycle=1800, connect_args=connect_args
+        url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_recycle=1800, connect_args=connect_args
     )
 
 
@@ -77,12 +72,9 @@ _SESSION_FACTORIES: dict[Engine, sessionmaker[Session]] = {}
 
 
 @contextmanager
-def session_scope(engine: Engine | None = None, *, pre_ping: bool = True) -> Iterator[Session]:
-    """A session whose transaction commits on success and rolls back on error.
-
-    Without `engine`, on this process's engine for DATABASE_URL (`pre_ping`: see `get_engine`).
-    """
-    engine = engine or get_engine(pre_ping=pre_ping)
+def session_scope(engine: Engine | None = None) -> Iterator[Session]:
+    """A session whose transaction commits on success and rolls back on error."""
+    engine = engine or get_engine()
     if engine not in _SESSION_FACTORIES:
         _SESSION_FACTORIES[engine] = sessionmaker(bind=engine, expire_on_commit=False)
     with _SESSION_FACTORIES[engine]() as session, session.begin():

@@ -20,7 +20,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from app.metrics import MULTIPROC_DIR_VARIABLE
 from app.metrics import definitions as m
-from app.metrics.multiproc import has_room
+from app.metrics.multiproc import writable
 from panic_metrics_client import metric_files
 
 
@@ -59,11 +59,8 @@ def require_values_in_directory() -> None:
 def room_for_counts(directory: Path) -> bool:
     """Whether this process can count what it stores now: no value waits for space and the directory has room.
 
-    Values that waited are written first (space may be back). "Room" is the
-    free space /health and the worker's consumer gate require
-    (app.metrics.multiproc), read with one statvfs: no probe file per message,
-    because app.ingest writes its pending record before the COMMIT, and a
-    directory that cannot take a new file fails that write and rolls the
-    message back with nothing stored.
+    Values that waited are written first (space may be back). "Room" is what
+    /health and the worker's consumer gate call writable (app.metrics.multiproc),
+    so a pool child refuses an event exactly when its worker stops consuming.
     """
-    return metric_files.write_waiting() and has_room(directory)
+    return metric_files.write_waiting() and writable(directory)

@@ -15,17 +15,15 @@ FILLER = "filler"
 
 
 class SmallTmpfs:
-    """A tmpfs of `size` (and at most `inodes` files) at `path`; `fill` leaves no byte free, `free` gives it back."""
+    """A tmpfs of `size` at `path`; `fill` leaves no byte free, `free` gives the space back."""
 
-    def __init__(self, path: Path, size: str = "1M", inodes: int | None = None) -> None:
+    def __init__(self, path: Path, size: str = "1M") -> None:
         self.path = path
         self.size = size
-        self.inodes = inodes
 
     def mount(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        options = f"size={self.size}" + (f",nr_inodes={self.inodes}" if self.inodes else "")
-        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(self.path)], check=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.size}", "tmpfs", str(self.path)], check=True)
 
     def unmount(self) -> None:
         # Lazy: a process the test left behind may still hold a file open.
@@ -50,11 +48,11 @@ class SmallTmpfs:
 
 
 @contextlib.contextmanager
-def small_tmpfs(path: Path, size: str = "1M", inodes: int | None = None) -> Iterator[SmallTmpfs]:
+def small_tmpfs(path: Path, size: str = "1M") -> Iterator[SmallTmpfs]:
     """Mount a tmpfs at `path` for the block, unmounted after it even when the test fails; root only."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    disk = SmallTmpfs(path, size, inodes)
+    disk = SmallTmpfs(path, size)
     disk.mount()
     try:
         yield disk

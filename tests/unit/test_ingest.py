@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
-from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -408,29 +408,6 @@ def test_unreachable_database_is_database_unavailable_and_counts_nothing(
     assert delta(before, after, "metrics_events_rejected_total", kind="auth", reason=SURPLUS_REASON) == 0
 
 
-@pytest.mark.integration
-def test_pooled_connection_dropped_by_the_server_is_retried_once_and_counted_once(pg_engine: Engine, tag: str) -> None:
-    """Without a pre-ping, a pooled connection the server dropped fails the lock; a fresh one stores it once."""
-    engine = create_engine(pg_engine.url, pool_pre_ping=False, pool_size=1, max_overflow=0)
-    factory = lambda: session_scope(engine)  # noqa: E731 - the one-line factory ingest takes
-    try:
-        ingest([sample_payload("auth")], kind="auth", session_factory=factory)  # leaves one pooled connection
-        with engine.connect() as pooled:
-            backend = pooled.execute(text("SELECT pg_backend_pid()")).scalar_one()
-        with pg_engine.connect() as admin:
-            admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
-        payload, _ = business_payload("auth", tag)
-        before = scrape()
-        assert ingest([payload], kind="auth", session_factory=factory) == IngestResult(stored=1)
-        after = scrape()
-    finally:
-        engine.dispose()
-    assert_counted(before, after, "auth", tag, times=1)
-    with pg_engine.connect() as reader:
-        stored = select(func.count()).where(MetricEvent.event_id == uuid.UUID(payload["event_id"]))
-        assert reader.scalar(stored) == 1
-
-
 # --- a full metrics disk ------------------------------------------------------------------------
 
 
@@ -442,28 +419,6 @@ def full_metrics_disk(tmp_path: Path, db_session: Session) -> Iterator[SmallTmpf
     with small_tmpfs(tmp_path / "metrics", size="2M") as disk:
         disk.fill()
         yield disk
-
-
-def test_metrics_directory_out_of_files_stores_nothing_and_the_retry_stores_once(
-    db_session: Session, tag: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Free bytes but no file can be made: the pending record fails before the COMMIT; nothing stored, then once."""
-    payload, _ = business_payload("panic_request", tag)
-    # An event first, so this process's metric files are open in the run's directory, which `scrape` reads.
-    ingest([sample_payload("panic_request")], kind="panic_request", session_factory=committing_factory(db_session))
-    rows, before = stored_count(db_session), scrape()
-    with small_tmpfs(tmp_path / "metrics", size="4M", inodes=3) as disk, monkeypatch.context() as env:
-        taken = [disk.path / f"taken-{n}" for n in range(2)]
-        for path in taken:  # every inode but the root's
-            path.touch()
-        env.setenv("PROMETHEUS_MULTIPROC_DIR", str(disk.path))
-        with pytest.raises(MetricsUnwritable, match="pending counts not written"):
-            ingest([payload], kind="panic_request", session_factory=committing_factory(db_session))
-        assert stored_count(db_session) == rows
-        taken[0].unlink()
-        assert ingest([payload], kind="panic_request", session_factory=committing_factory(db_session)).stored == 1
-    assert stored_count(db_session) == rows + 1
-    assert_counted(before, scrape(), "panic_request", tag, times=1)
 
 
 def test_full_metric_files_store_nothing_and_the_retry_stores_and_counts_once(
