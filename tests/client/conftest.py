@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine, func, select
 
+from app.db.models import MetricEvent
 from panic_metrics_client import Client, ClientSettings
 from tests.integration.conftest import start_worker, unique  # noqa: F401 - fixtures shared with the worker's tests
 from tests.support.services import RedisServer
 
 ClientFactory = Callable[..., Client]
+
+
+def stored_count(engine: Engine, ids: Sequence[uuid.UUID | str]) -> int:
+    """How many of the events `ids` the worker stored."""
+    with engine.connect() as connection:
+        query = select(func.count()).select_from(MetricEvent).where(MetricEvent.event_id.in_(ids))
+        return int(connection.execute(query).scalar_one())
 
 
 @pytest.fixture

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
-from app.db.models import MetricEvent
 from panic_metrics_client.messages import Message
-from tests.client.conftest import BreakableRedis, ClientFactory
+from tests.client.conftest import BreakableRedis, ClientFactory, stored_count
 from tests.integration.conftest import WorkerFactory
 from tests.support.services import free_port, wait_until
 from tests.support.worker import total
@@ -190,12 +189,6 @@ def test_sigterm_sends_what_is_in_memory(tmp_path: Path, breakable_redis: Breaka
         app.kill()
         close(app)
     assert sorted(queued_event_ids(breakable_redis)) == sorted(ids)
-
-
-def stored_count(engine: Engine, ids: list[str]) -> int:
-    with engine.connect() as connection:
-        query = select(func.count()).select_from(MetricEvent).where(MetricEvent.event_id.in_(ids))
-        return int(connection.execute(query).scalar_one())
 
 
 def test_a_deploy_during_an_outage_keeps_every_spooled_event(

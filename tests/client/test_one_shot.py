@@ -15,14 +15,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
-from app.db.models import MetricEvent
 from panic_metrics_client.delivery import DRAIN_CHUNK
 from panic_metrics_client.messages import event_json, event_message
 from panic_metrics_client.parsing import parse_event
 from panic_metrics_client.spool import Spool
-from tests.client.conftest import BreakableRedis
+from tests.client.conftest import BreakableRedis, stored_count
 from tests.client.test_client import delivered_event_ids
 from tests.client.test_spool import events_on_disk
 from tests.integration.conftest import WorkerFactory
@@ -56,12 +55,6 @@ def one_shot(tmp_path: Path, zone: str, **env: str) -> str:
     )
     assert "Traceback" not in done.stderr, done.stderr
     return str(uuid.UUID(done.stdout.strip()))
-
-
-def stored_count(engine: Engine, ids: list[str]) -> int:
-    with engine.connect() as connection:
-        query = select(func.count()).select_from(MetricEvent).where(MetricEvent.event_id.in_(ids))
-        return int(connection.execute(query).scalar_one())
 
 
 @pytest.mark.integration

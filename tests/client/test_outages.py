@@ -17,11 +17,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
-from app.db.models import MetricEvent
 from panic_metrics_client import Client
-from tests.client.conftest import BreakableRedis, ClientFactory
+from tests.client.conftest import BreakableRedis, ClientFactory, stored_count
 from tests.integration.conftest import WorkerFactory
 from tests.support.services import silent_listener, wait_until
 from tests.support.worker import total
@@ -99,12 +98,6 @@ def record_phase(client: Client, zone: str, phase: str, watch: CallWatch) -> lis
 
 def spooled_at_least(client: Client, n: int) -> bool:
     return client.stats()["spooled"] >= n
-
-
-def stored_count(engine: Engine, ids: list[uuid.UUID]) -> int:
-    with engine.connect() as connection:
-        query = select(func.count()).select_from(MetricEvent).where(MetricEvent.event_id.in_(ids))
-        return int(connection.execute(query).scalar_one())
 
 
 def test_every_event_survives_a_stopped_paused_and_silent_broker_exactly_once(
