@@ -221,11 +221,13 @@ def store_and_count(
     """Store `events` and keep `rejections` in the session's transaction; count what is new once it commits."""
     attempt = attempt or Attempt()
     clock = attempt.clock
-    session.connection()  # checked out here (and pinged) rather than inside the lock's round trip
+    session.connection()  # checked out here (and pinged) rather than inside the insert's round trip
     clock("connect")
-    lock_attempt(session, attempt.token)
-    clock("lock")
     unique, repeated = _unique(events)
+    if not unique:
+        # insert_new takes the attempt's lock in its own statement; the rejections are inserted without it.
+        lock_attempt(session, attempt.token)
+    clock("lock")
     inserted = insert_new(session, unique, published_at=published_at, stored_by=attempt.token) if unique else set()
     new = [e for e in unique if e.event_id in inserted]
     duplicates = [e for e in unique if e.event_id not in inserted] + repeated

@@ -45,7 +45,9 @@ def insert_new(
 ) -> set[uuid.UUID]:
     """Insert `events` (unique event_ids) in one statement; return the ids that were not stored before.
 
-    `stored_by` (the ingest attempt's token) is written into every new row.
+    `stored_by` (the ingest attempt's token) is written into every new row;
+    on PostgreSQL the same statement first takes its lock (`lock_attempt`),
+    held from before any row is inserted until the transaction ends.
     """
     # In event_id order: each inserted row holds its unique-index entry until
     # COMMIT, so two workers inserting overlapping ids in opposite orders would
@@ -56,25 +58,42 @@ def insert_new(
         # A deliberate fast path beside app.db.upsert: one array per column,
         # so the statement text is the same for any batch size, and psycopg
         # prepares it once and skips re-parsing 3,000 placeholders.
-        columns = {name: [row[name] for row in rows] for name in _COLUMNS}
-        return set(session.connection().execute(_PG_UNNEST_INSERT, columns).scalars())
+        columns: dict[str, Any] = {name: [row[name] for row in rows] for name in _COLUMNS}
+        if stored_by is None:
+            return set(session.connection().execute(_PG_UNNEST_INSERT, columns).scalars())
+        columns["lock_key"] = _lock_key(stored_by)
+        return set(session.connection().execute(_PG_LOCKED_UNNEST_INSERT, columns).scalars())
     statement = (
         insert_for(session, _TABLE).on_conflict_do_nothing(index_elements=["event_id"]).returning(_TABLE.c.event_id)
     )
     return set(session.connection().execute(statement, rows).scalars())
 
 
-def _pg_unnest_insert() -> TextClause:
+def _pg_unnest_insert(*, locked: bool) -> TextClause:
     dialect = PGDialect()  # type: ignore[no-untyped-call]  # SQLAlchemy leaves dialect constructors untyped
-    arrays = ", ".join(f"CAST(:{name} AS {_TABLE.c[name].type.compile(dialect=dialect)}[])" for name in _COLUMNS)
+    arrays = {name: f"CAST(:{name} AS {_TABLE.c[name].type.compile(dialect=dialect)}[])" for name in _COLUMNS}
+    # Column names and types come from the model, never from input.
+    insert = f"INSERT INTO {_TABLE.name} ({', '.join(_COLUMNS)}) "
+    conflict = "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+    if not locked:
+        return text(f"{insert}SELECT * FROM unnest({', '.join(arrays.values())}) {conflict}")  # noqa: S608 - see above
+    # The attempt's lock in the insert's own round trip (a SELECT of its own
+    # was one more per message). unnest reads its arrays from the CTE's one
+    # row, the row that takes the lock: by that dependency the lock is held
+    # before any row is inserted, whatever the plan, even when none is.
+    # MATERIALIZED (implied by the volatile call, said anyway) keeps the CTE whole.
+    batch = ", ".join(f"{cast} AS {name}" for name, cast in arrays.items())
+    columns = ", ".join(f"batch.{name}" for name in _COLUMNS)
     return text(
-        f"INSERT INTO {_TABLE.name} ({', '.join(_COLUMNS)}) "  # noqa: S608 - column names come from the model
-        f"SELECT * FROM unnest({arrays}) "
-        "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+        "WITH batch AS MATERIALIZED ("  # noqa: S608 - see above
+        f"SELECT pg_advisory_xact_lock(CAST(:lock_key AS bigint)) AS attempt_lock, {batch}) "
+        f"{insert}SELECT u.* FROM batch, unnest({columns}) AS u {conflict}"
     )
 
 
-_PG_UNNEST_INSERT = _pg_unnest_insert()
+_PG_UNNEST_INSERT = _pg_unnest_insert(locked=False)
+#: The same insert, first taking the lock of `lock_attempt` on `:lock_key` (`_lock_key` of the attempt's token).
+_PG_LOCKED_UNNEST_INSERT = _pg_unnest_insert(locked=True)
 
 
 def insert_rejections(

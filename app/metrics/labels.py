@@ -26,8 +26,9 @@ order by every transaction, so two of them never wait for each other in a
 cycle (PostgreSQL would abort one as a deadlock). Ingest takes them after
 inserting its events, so a transaction waiting on another's event row (a
 redelivery racing its first delivery) holds no dimension lock yet. Ingest's
-other lock, the attempt's own (app.store.lock_attempt), is unique to the
-attempt and waited for only by a resolver that holds no other lock.
+other lock, the attempt's own (app.store.lock_attempt, taken by the event
+insert itself), is unique to the attempt and waited for only by a resolver
+that holds no other lock.
 """
 
 from __future__ import annotations
