@@ -49,6 +49,7 @@ _RETURNED = (
     MetricEvent.credits,
     MetricEvent.amount,
     MetricEvent.duration_seconds,
+    MetricEvent.request_count,
     MetricEvent.cache_hits,
     MetricEvent.cache_misses,
 )
@@ -87,7 +88,8 @@ def rollups_of(rows: Iterable[Any]) -> dict[tuple[Any, ...], dict[str, Any]]:
     rollups: dict[tuple[Any, ...], dict[str, Any]] = {}
     for row in rows:
         measures = rollups.setdefault(rollup_key(row), dict.fromkeys(MEASURES, 0) | {"amount": Decimal(0)})
-        measures["events"] += 1
+        # A summary row stands for its requests: an http_summary rollup counts requests, as http_request's does.
+        measures["events"] += 1 if row.request_count is None else row.request_count
         measures["failures"] += row.success is False
         measures["lockouts"] += bool(row.account_locked)
         if row.response_time_seconds is not None:

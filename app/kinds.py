@@ -19,13 +19,14 @@ new column; a catalogue kind without exactly one `Kind` stops the import.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Generic, TypeVar, get_args
 
 from app.metrics import definitions as m
-from app.metrics.counting import Labels, Move
+from app.metrics.counting import Labels, Move, Observations
 from panic_metrics_client.events import (
     EVENT_MODELS,
     AuthEvent,
@@ -33,6 +34,7 @@ from panic_metrics_client.events import (
     Event,
     GaugeReportEvent,
     HttpRequestEvent,
+    HttpSummaryEvent,
     NotificationEvent,
     PanicRequestEvent,
     PrankDetectionEvent,
@@ -47,8 +49,8 @@ class Kind(Generic[E]):
     """One kind of event as the worker stores and counts it."""
 
     model: type[E]
-    #: `metric_events` column -> the model field stored in it (an enum as its value).
-    columns: Mapping[str, str]
+    #: `metric_events` column -> the model field stored in it (an enum as its value), or what computes it.
+    columns: Mapping[str, str | Callable[[E], Any]]
     #: Fields whose values are label values past a cap; `moves` reads them capped.
     capped: tuple[str, ...]
     #: The metrics one new event moves, given the event and its capped label values.
@@ -58,7 +60,11 @@ class Kind(Generic[E]):
 
     def __post_init__(self) -> None:
         fields = self.model.model_fields
-        enums = tuple(column for column, name in self.columns.items() if _holds_enum(fields[name].annotation))
+        enums = tuple(
+            column
+            for column, name in self.columns.items()
+            if isinstance(name, str) and name in fields and _holds_enum(fields[name].annotation)
+        )
         object.__setattr__(self, "_enum_columns", enums)
 
     @property
@@ -68,7 +74,10 @@ class Kind(Generic[E]):
 
     def row(self, event: E) -> dict[str, Any]:
         """The kind's own columns of `event`'s row."""
-        row = {column: getattr(event, name) for column, name in self.columns.items()}
+        row = {
+            column: getattr(event, name) if isinstance(name, str) else name(event)
+            for column, name in self.columns.items()
+        }
         for column in self._enum_columns:
             if row[column] is not None:
                 row[column] = row[column].value
@@ -86,8 +95,9 @@ def _holds_enum(annotation: Any) -> bool:
     return any(_holds_enum(arg) for arg in get_args(annotation))
 
 
-def stored(*same: str, **renamed: str) -> dict[str, str]:
-    """Columns named as their field (`same`), and columns stored from a field of another name (`column=field`)."""
+def stored(*same: str, **renamed: str | Callable[[Any], Any]) -> dict[str, str | Callable[[Any], Any]]:
+    """Columns named as their field (`same`), and columns stored from a field of another name (`column=field`)
+    or computed from the event (`column=function`)."""
     return {**{name: name for name in same}, **renamed}
 
 
@@ -153,6 +163,31 @@ _DECLARED = (
         moves=lambda e, cap: (
             Move(m.HTTP_REQUESTS, {"method": e.method, "endpoint": cap["endpoint"], "status": str(e.status)}),
             Move(m.HTTP_REQUEST_DURATION, {"method": e.method, "endpoint": cap["endpoint"]}, e.duration),
+        ),
+    ),
+    Kind(
+        HttpSummaryEvent,
+        columns=stored(
+            "method",
+            "endpoint",
+            http_status="status",
+            request_count="count",
+            duration_seconds="total_duration",
+            duration_buckets=lambda e: json.dumps(e.buckets, separators=(",", ":")),
+        ),
+        capped=("endpoint",),
+        # Exactly what its `count` requests would have moved one by one.
+        moves=lambda e, cap: (
+            Move(
+                m.HTTP_REQUESTS,
+                {"method": e.method, "endpoint": cap["endpoint"], "status": str(e.status)},
+                e.count,
+            ),
+            Move(
+                m.HTTP_REQUEST_DURATION,
+                {"method": e.method, "endpoint": cap["endpoint"]},
+                Observations(e.buckets, e.duration_sum),
+            ),
         ),
     ),
     Kind(

@@ -89,6 +89,9 @@ class MetricEvent(Base):
     endpoint: Mapped[str | None] = mapped_column(String(200))
     http_status: Mapped[int | None] = mapped_column(SmallInteger)
     duration_seconds: Mapped[float | None] = mapped_column(Float)
+    # http_summary (and method, endpoint, http_status; duration_seconds is the sum)
+    request_count: Mapped[int | None] = mapped_column(Integer)
+    duration_buckets: Mapped[str | None] = mapped_column(Text)  # JSON: the count of each bucket
     # gauge_report
     source: Mapped[str | None] = mapped_column(String(64))
     websocket_connections: Mapped[int | None] = mapped_column(Integer)

@@ -26,7 +26,8 @@ from typing import TypedDict
 
 from prometheus_client.mmap_dict import MmapedDict
 
-from app.metrics.exact import ADDITIVE_PREFIXES, PARTIALS_SUFFIX, grow, partials_text, read_partials
+from app.metrics.exact import ADDITIVE_PREFIXES, PARTIALS_SUFFIX, partials_text, read_partials
+from panic_metrics_client.exact_sum import grow
 
 #: Stands where a pid stands in an archive's file name. The stock collector
 #: only uses that part of the name as the ``pid`` label of ``all`` gauges,

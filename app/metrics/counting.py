@@ -25,15 +25,28 @@ from panic_metrics_client.parsing import InvalidEvent
 Labels = Mapping[str, str]
 
 
+class Observations(NamedTuple):
+    """Many observations of a histogram at once, as a summary carries them.
+
+    `buckets`: how many fell in each bucket (non-cumulative, one per bound and
+    one past the last); `exact_sum`: the exact sum of their values as
+    non-overlapping partials (panic_metrics_client.exact_sum).
+    """
+
+    buckets: Sequence[int]
+    exact_sum: Sequence[float]
+
+
 class Move(NamedTuple):
     """One metric an event moves: its labels, and by how much (None: this event does not move it).
 
-    A counter is incremented by `amount`, a histogram observes it, a gauge is set to it.
+    A counter is incremented by `amount`, a histogram observes it (or takes
+    many `Observations` at once), a gauge is set to it.
     """
 
     metric: Counter | Histogram | Gauge
     labels: Labels
-    amount: float | None = 1.0
+    amount: float | Observations | None = 1.0
 
 
 def capped_labels(session: Session, caps: LabelCaps, raw: Sequence[Labels]) -> list[dict[str, str]]:
@@ -57,7 +70,9 @@ def count_stored(
         if amount is None:
             continue
         child = metric.labels(**labels)
-        if isinstance(metric, Counter):
+        if isinstance(amount, Observations):
+            tally.observe_many(child, amount.buckets, amount.exact_sum)
+        elif isinstance(metric, Counter):
             tally.inc(child, amount)
         elif isinstance(metric, Histogram):
             tally.observe(child, amount)

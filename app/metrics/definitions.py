@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from panic_metrics_client.events import HTTP_DURATION_BUCKETS
+
 # --- panic requests -------------------------------------------------------
 
 PANIC_REQUESTS = Counter(
@@ -69,12 +71,12 @@ HTTP_REQUESTS = Counter(
     "Requests served by the platform's web app, by route template.",
     ["method", "endpoint", "status"],
 )
-# Web requests: 5 ms (cache hit) to 30 s (the web app's own timeout).
+# The client's catalogue declares the buckets: its per-route summaries count by them.
 HTTP_REQUEST_DURATION = Histogram(
     "http_request_duration_seconds",
     "Duration of requests served by the platform's web app.",
     ["method", "endpoint"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    buckets=HTTP_DURATION_BUCKETS,
 )
 # The web app reports its current count; the latest report wins.
 WEBSOCKET_CONNECTIONS = Gauge(

@@ -63,32 +63,6 @@ _ADDITIVE_GAUGE_MODES = frozenset({"sum", "livesum"})
 _EXTREME_GAUGE_MODES = {"min": min, "livemin": min, "max": max, "livemax": max}
 
 
-def grow(partials: list[float], x: float) -> None:
-    """Add ``x`` to ``partials`` in place, keeping their exact sum exact (Shewchuk).
-
-    The partials stay non-overlapping and increasing in magnitude; each step
-    splits ``x + y`` into its rounded sum and the exact rounding error.
-    """
-    i = 0
-    for partial in partials:
-        big, small = (x, partial) if abs(x) >= abs(partial) else (partial, x)
-        hi = big + small
-        lo = small - (hi - big)
-        if lo:
-            partials[i] = lo
-            i += 1
-        x = hi
-    partials[i:] = [x]
-
-
-def partials_of(values: Iterable[float]) -> list[float]:
-    """Exact partials of the sum of ``values``."""
-    partials: list[float] = []
-    for value in values:
-        grow(partials, value)
-    return partials
-
-
 def read_partials(path: Path) -> dict[str, list[float]]:
     """The partials file of one archive: mmap key -> partials; {} if absent."""
     try:

@@ -23,15 +23,18 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prometheus_client.mmap_dict import MmapedDict
+
+from panic_metrics_client.exact_sum import grow
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,23 @@ class Target:
     base: float
     target: float
     timestamp: float
+    #: For an entry summed exactly: the exact sum `target` rounds, as partials.
+    partials: list[float] | None = None
+
+
+#: This process's entries summed exactly (a histogram's `_sum` that took a
+#: summary): id(value) -> (value, the exact sum its entry holds, rounded).
+#: Kept per process, as its files are; an entry found holding anything else
+#: (another writer, a forked child's new file) starts again from its value.
+_exact_sums: dict[int, tuple[Any, list[float]]] = {}
+
+
+def _exact_partials(value: Any, current: float) -> list[float] | None:
+    """The exact sum behind `value`'s entry (a copy to grow), or None if it is not summed exactly."""
+    known = _exact_sums.get(id(value))
+    if known is None or known[0] is not value:
+        return None
+    return list(known[1]) if math.fsum(known[1]) == current else [current]
 
 
 @dataclass
@@ -61,6 +81,15 @@ class Tally:
     def inc(self, child: Any, amount: float = 1.0) -> None:
         """What ``child.inc(amount)`` would do, for a counter child."""
         self._ops.append((child._value, "inc", float(amount), 0.0))
+
+    def observe_many(self, child: Any, buckets: Sequence[int], exact_sum: Sequence[float]) -> None:
+        """What observing many values does to a histogram child, given how many fell in each bucket
+        and their sum as exact partials: the `_sum` entry then holds its exact sum, correctly rounded."""
+        for partial in exact_sum:
+            self._ops.append((child._sum, "exact", float(partial), 0.0))
+        for value, count in zip(child._buckets, buckets, strict=True):
+            if count:
+                self._ops.append((value, "inc", float(count), 0.0))
 
     def observe(self, child: Any, amount: float) -> None:
         """What ``child.observe(amount)`` does to a histogram child: its sum, then its first bucket."""
@@ -80,18 +109,31 @@ class Tally:
         return len(self._ops)
 
     def targets(self) -> list[Target]:
-        """Every entry's value after the batch, by the additions ``inc`` would make, in order."""
+        """Every entry's value after the batch, by the additions ``inc`` would make, in order.
+
+        An entry summed exactly (it took an ``exact`` addition, now or before
+        in this process) adds every amount to its partials instead, and its
+        target is their sum correctly rounded: never below its current value
+        when the amounts add up to no less than zero, as rounding is monotone.
+        """
         found: dict[int, Target] = {}
         for value, op, amount, stamp in self._ops:
             entry = found.get(id(value))
             if entry is None:
                 current = float(value.get())  # also re-opens this process's files after a fork
                 entry = found[id(value)] = Target(value, current, current, float(getattr(value, "_timestamp", 0.0)))
-            if op == "inc":
+                entry.partials = _exact_partials(value, current)
+            if op == "set":
+                entry.target, entry.timestamp, entry.partials = amount, stamp, None
+                continue
+            entry.timestamp = 0.0
+            if op == "exact" and entry.partials is None:
+                entry.partials = [entry.target]
+            if entry.partials is None:
                 entry.target += amount
-                entry.timestamp = 0.0
             else:
-                entry.target, entry.timestamp = amount, stamp
+                grow(entry.partials, amount)
+                entry.target = math.fsum(entry.partials)
         return list(found.values())
 
 
@@ -99,6 +141,8 @@ def apply(targets: list[Target]) -> None:
     """Set every entry to its target: lands exactly where the increments would."""
     for target in targets:
         target.value.set(target.target, target.timestamp or None)
+        if target.partials is not None:
+            _exact_sums[id(target.value)] = (target.value, target.partials)
 
 
 @dataclass(frozen=True)

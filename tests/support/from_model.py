@@ -10,6 +10,7 @@ allows (no surrogates), timestamps at any offset up to a day ago.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -17,7 +18,7 @@ from hypothesis import reject
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from panic_metrics_client.events import Event
+from panic_metrics_client.events import HTTP_DURATION_BUCKETS, Event
 
 # Text JSON can carry and PostgreSQL can store: no surrogates; control
 # characters only where a pattern allows them.
@@ -52,6 +53,9 @@ def _from_schema(schema: dict[str, Any], defs: dict[str, Any]) -> st.SearchStrat
         return st.integers(schema.get("minimum"), schema.get("maximum"))
     if kind == "number":
         return st.floats(schema.get("minimum"), schema.get("maximum"), allow_nan=False, allow_infinity=False)
+    if kind == "array":
+        items = _from_schema(schema["items"], defs)
+        return st.lists(items, min_size=schema.get("minItems", 0), max_size=schema.get("maxItems", 5))
     if kind == "string":
         if schema.get("format") == "uuid":
             return st.uuids().map(str)
@@ -75,10 +79,32 @@ def payloads(model: type[Event]) -> st.SearchStrategy[dict[str, Any]]:
     )
 
 
+def _summary_made_consistent(payload: dict[str, Any]) -> dict[str, Any]:
+    """An http_summary's fields agree with each other (a validator's rule the schema cannot say): the
+    buckets' total is the count, the sum lies in the buckets' ranges, the interval ends when it occurred."""
+    buckets = [n % 1000 for n in payload["buckets"]]
+    buckets[0] = buckets[0] or (0 if sum(buckets) else 1)
+    tops = (*HTTP_DURATION_BUCKETS, 60.0)  # past the last bound: a minute
+    payload |= {
+        "buckets": buckets,
+        "count": sum(buckets),
+        "duration_sum": [math.fsum(n * top for n, top in zip(buckets, tops, strict=True))],
+        "interval_start": payload.get("occurred_at", payload["interval_start"]),
+    }
+    return payload
+
+
+#: Kinds whose fields must agree in ways a JSON schema cannot say, made to agree after the draw.
+_CONSISTENT = {"http_summary": _summary_made_consistent}
+
+
 @st.composite
 def events(draw: st.DrawFn, model: type[Event]) -> Event:
     """A valid event of `model`; payloads that a rule the schema cannot say (a validator) refuses are dropped."""
     payload = draw(payloads(model))
+    consistent = _CONSISTENT.get(str(model.model_fields["kind"].default))
+    if consistent is not None:
+        payload = consistent(payload)
     try:
         return model.model_validate(payload)
     except ValidationError:

@@ -28,6 +28,7 @@ KINDS = (
     "credit_transaction",
     "prank_detection",
     "http_request",
+    "http_summary",
     "gauge_report",
 )
 
@@ -345,6 +346,49 @@ def _status_rule() -> FieldRule:
 
 _COMMON = {"event_id": _event_id_rule(), "occurred_at": _occurred_at_rule()}
 
+# An http_summary's bucket bounds (the worker's http_request_duration_seconds), and one more past the last.
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_SUMMARY_DURATIONS = ("count", "buckets", "duration_sum")
+
+
+def _summary_count_rule() -> FieldRule:
+    # Any count alone is refused where the buckets do not add up to it; these are refused whatever the buckets.
+    bad = st.one_of(st.just(0), st.integers(max_value=-1), st.integers(min_value=MAX_COUNT + 1), st.floats(), _words)
+    return _rule(st.integers(1, MAX_COUNT), bad)
+
+
+def _buckets_rule() -> FieldRule:
+    size = len(HTTP_BUCKETS) + 1
+    bad = st.one_of(
+        st.lists(st.integers(0, 5), max_size=size - 1),  # too few
+        st.lists(st.integers(0, 5), min_size=size + 1, max_size=size + 5),  # too many
+        st.lists(st.integers(0, 5), min_size=size, max_size=size).flatmap(
+            lambda counts: st.integers(0, size - 1).map(lambda i: [*counts[:i], -1, *counts[i + 1 :]])
+        ),
+        st.lists(st.floats(0, 5), min_size=size, max_size=size),  # floats, not integers
+        _words,
+        st.integers(),
+    )
+    return _rule(st.lists(st.integers(0, 5), min_size=size, max_size=size), bad)
+
+
+def _duration_sum_rule() -> FieldRule:
+    bad = st.one_of(
+        st.just([]),
+        st.lists(_non_finite, min_size=1, max_size=3),
+        st.lists(_numeric_strings, min_size=1, max_size=3),
+        st.lists(st.floats(-1e6, -1.0), min_size=1, max_size=1),  # a negative total
+        st.floats(0, 10),  # a number, not a list of partials
+        _words,
+    )
+    return _rule(st.lists(st.floats(0, 10), min_size=1, max_size=3), bad)
+
+
+def _interval_start_rule() -> FieldRule:
+    bad = st.one_of(_naive_timestamps, _not_iso, _future_timestamps(), _before_year_one_in_utc, _bad_timestamp_types)
+    return _rule(_past_timestamps, bad)
+
+
 RULES: Mapping[str, Mapping[str, FieldRule]] = {
     "panic_request": {
         **_COMMON,
@@ -396,6 +440,16 @@ RULES: Mapping[str, Mapping[str, FieldRule]] = {
         "status": _status_rule(),
         "duration": _seconds_rule(),
     },
+    "http_summary": {
+        **_COMMON,
+        "method": _enum(HTTP_METHODS),
+        "endpoint": _endpoint_rule(),
+        "status": _status_rule(),
+        "interval_start": _interval_start_rule(),
+        "count": _summary_count_rule(),
+        "buckets": _buckets_rule(),
+        "duration_sum": _duration_sum_rule(),
+    },
     "gauge_report": {
         **_COMMON,
         "source": _label_name_rule(required=False),
@@ -421,7 +475,22 @@ def _valid(draw: st.DrawFn, kind: str, with_kind: bool) -> dict[str, Any]:
         reported = draw(st.sampled_from(_GAUGE_VALUES))
         minimum = 0 if reported == "websocket_connections" else 1
         payload[reported] = draw(st.integers(minimum, MAX_COUNT))
+    if kind == "http_summary":
+        payload.update(draw(_summary_of_requests()))
+        # The client always says when the interval ended (occurred_at); it started at or before.
+        payload.setdefault("occurred_at", draw(_past_timestamps))
+        payload["interval_start"] = _iso(datetime.fromisoformat(payload["occurred_at"]) - timedelta(seconds=10))
     return payload
+
+
+@st.composite
+def _summary_of_requests(draw: st.DrawFn) -> dict[str, Any]:
+    """The count, buckets and exact sum of some requests' durations, as a process would sum them."""
+    durations = draw(st.lists(st.floats(0, MAX_SECONDS), min_size=1, max_size=20))
+    buckets = [0] * (len(HTTP_BUCKETS) + 1)
+    for duration in durations:
+        buckets[next((i for i, bound in enumerate(HTTP_BUCKETS) if duration <= bound), len(HTTP_BUCKETS))] += 1
+    return {"count": len(durations), "buckets": buckets, "duration_sum": [math.fsum(durations)]}
 
 
 def valid_payload(kind: str, *, with_kind: bool = False) -> st.SearchStrategy[dict[str, Any]]:
@@ -550,6 +619,15 @@ _SAMPLES: Mapping[str, Callable[[], dict[str, Any]]] = {
         "endpoint": "/api/v1/panic/{request_id}",
         "status": 200,
         "duration": 0.042,
+    },
+    "http_summary": lambda: {
+        "method": "GET",
+        "endpoint": "/api/v1/panic/{request_id}",
+        "status": 200,
+        "interval_start": (datetime.now(UTC) - timedelta(seconds=10)).isoformat(),
+        "count": 3,
+        "buckets": [0, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0],
+        "duration_sum": [0.007 + 0.042 + 0.8],
     },
     "gauge_report": lambda: {"source": "web", "websocket_connections": 12, "cache_hits": 30, "cache_misses": 4},
 }

@@ -163,6 +163,26 @@ def test_batches_are_bounded_in_rows_and_statements(db_session: Session) -> None
     assert (rollup.events, rollup.zone, rollup.firm_id, rollup.http_status) == (23, "z", "", 0)
 
 
+def test_http_summaries_roll_up_as_the_requests_they_stand_for(db_session: Session) -> None:
+    """Two summaries of 7 and 5 requests of one route and day: one rollup of 12 requests and their durations."""
+    summary = {"method": "GET", "endpoint": "/api/v1/zones", "http_status": 200}
+    insert_rows(
+        db_session,
+        [
+            row("http_summary", CUTOFF - timedelta(hours=2), request_count=7, duration_seconds=0.7, **summary),
+            row("http_summary", CUTOFF - timedelta(hours=1), request_count=5, duration_seconds=2.5, **summary),
+        ],
+    )
+    purge_events(committing_factory(db_session), kinds=["http_summary"], cutoff=CUTOFF, now=NOW, batch_size=10)
+    (rollup,) = db_session.execute(select(DailyEventRollup)).scalars()
+    assert (rollup.kind, rollup.endpoint, rollup.events, rollup.duration_sum) == (
+        "http_summary",
+        "/api/v1/zones",
+        12,
+        3.2,
+    )
+
+
 def test_cleanup_job_honours_every_retention_and_runs_once_a_day(db_session: Session, tmp_path: Path) -> None:
     """Snapshots, rollups and claims past their retention go; recent ones stay; a second run that day skips."""
     job_settings = get_settings().model_copy(

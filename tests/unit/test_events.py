@@ -26,6 +26,9 @@ CUSTOM_REASONS = {
     "datetime_out_of_range",
     "raw_path",
     "empty_report",
+    "bucket_total",
+    "duration_sum",
+    "interval",
 }
 KNOWN_REASONS = set(get_args(ErrorType)) | CUSTOM_REASONS
 REASON = re.compile(r"[a-z][a-z0-9_]{0,39}")

@@ -98,6 +98,7 @@ def business_payload(kind: str, tag: str) -> tuple[dict[str, Any], list[tuple[st
         "credit_transaction": {},
         "prank_detection": {"zone": tag, "detector": tag},
         "http_request": {"endpoint": endpoint},
+        "http_summary": {"endpoint": endpoint},
         "gauge_report": {"source": tag},
     }
     series: dict[str, list[tuple[str, dict[str, str], float]]] = {
@@ -123,6 +124,13 @@ def business_payload(kind: str, tag: str) -> tuple[dict[str, Any], list[tuple[st
         "http_request": [
             ("http_requests_total", {"method": "GET", "endpoint": endpoint, "status": "200"}, 1),
             ("http_request_duration_seconds_count", {"method": "GET", "endpoint": endpoint}, 1),
+        ],
+        # The sample summary: three requests, of 7 ms, 42 ms and 0.8 s.
+        "http_summary": [
+            ("http_requests_total", {"method": "GET", "endpoint": endpoint, "status": "200"}, 3),
+            ("http_request_duration_seconds_count", {"method": "GET", "endpoint": endpoint}, 3),
+            ("http_request_duration_seconds_bucket", {"method": "GET", "endpoint": endpoint, "le": "0.01"}, 1),
+            ("http_request_duration_seconds_bucket", {"method": "GET", "endpoint": endpoint, "le": "0.05"}, 2),
         ],
         "gauge_report": [
             ("cache_requests_total", {"result": "hit"}, 30),

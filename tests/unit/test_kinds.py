@@ -64,11 +64,15 @@ def test_each_kind_has_its_task(kind_name: str) -> None:
 
 @each_kind
 def test_declared_columns_exist_and_come_from_fields(kind_name: str) -> None:
-    """Every declared column is a column of metric_events (not a common one), filled from a field of the model."""
+    """Every declared column is a column of metric_events (not a common one), filled from a field or property
+    of the model, or computed from the event."""
     kind = kinds.KIND_OF[EVENT_MODELS[kind_name]]
     assert kind.name == kind_name
     assert set(kind.columns) <= set(TABLE.columns.keys()) - COMMON_COLUMNS
-    assert set(kind.columns.values()) <= set(kind.model.model_fields)
+    named = {source for source in kind.columns.values() if isinstance(source, str)}
+    properties = {name for name in dir(kind.model) if isinstance(getattr(kind.model, name), property)}
+    assert named <= set(kind.model.model_fields) | properties
+    assert all(isinstance(source, str) or callable(source) for source in kind.columns.values())
 
 
 @each_kind
@@ -128,8 +132,9 @@ def test_a_generated_event_is_stored_as_one_row_and_tallied(
         row = session.execute(select(MetricEvent).where(MetricEvent.event_id == event.event_id)).scalar_one()
     assert (result.stored, result.duplicates, result.rejected) == (1, 0, 0)
     assert row.kind == kind_name
-    for column, field in kind.columns.items():
-        assert _same(getattr(row, column), getattr(event, field)), (column, getattr(row, column), getattr(event, field))
+    for column, source in kind.columns.items():
+        sent = getattr(event, source) if isinstance(source, str) else source(event)
+        assert _same(getattr(row, column), sent), (column, getattr(row, column), sent)
     # A fresh database admits every label value, so the moves see them uncapped.
     moves = kind.moves(event, kind.raw_labels(event))
     tallied = {id(target.value) for target in attempt.tally.targets()}

@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from app.metrics.exact import grow, partials_of
 from app.metrics.multiproc import collect_registry, compact
+from panic_metrics_client.exact_sum import grow, partials_of
 from tests.unit.multiproc_helpers import FIRST_FAKE_PID, SERVICE_TYPES, ZONES, Clock, SimulatedProcess, files_of
 
 SLOTS = 3

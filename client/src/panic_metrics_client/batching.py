@@ -8,7 +8,7 @@ from panic_metrics_client.messages import Message, batch_message, event_message,
 
 # One message per web request would be one broker message and one stored row per
 # request: these travel together in `record_events` messages (one INSERT each).
-HIGH_RATE_KINDS = frozenset({"http_request", "gauge_report"})
+HIGH_RATE_KINDS = frozenset({"http_request", "http_summary", "gauge_report"})
 # Low-rate kinds go out one message each under their own task names, unless more than
 # this many arrived since the sender's last cycle: then they travel batched too.
 BURST_OVER = 20

@@ -10,6 +10,7 @@ panic_metrics_client.parsing.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import uuid
@@ -218,21 +219,93 @@ class PrankDetectionEvent(Event):
     detector: LabelName
 
 
+def _route_template(value: str) -> str:
+    if _RAW_SEGMENT.search(value):
+        raise PydanticCustomError("raw_path", "endpoint must be the route template, not the raw path")
+    return value
+
+
+Endpoint = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=200, pattern=r"^/[^?#\s\x00-\x1F\x7F]*$"),
+    AfterValidator(_route_template),
+]
+HttpStatus = Annotated[int, Field(ge=100, le=599, strict=True)]
+
+#: The bounds of the worker's `http_request_duration_seconds` histogram, declared
+#: here once: a summary's bucket counts are by these bounds. Web requests: 5 ms
+#: (a cache hit) to 30 s (the web app's own timeout).
+HTTP_DURATION_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: Partials of an exact sum: far more than durations of up to a day ever need.
+MAX_SUM_PARTIALS = 32
+_BUCKETS_WITH_INF = len(HTTP_DURATION_BUCKETS) + 1
+# No partial of a summary's sum is larger than its most requests (a billion) of a day each.
+_MOST_SECONDS = 1_000_000_000 * MAX_DURATION_SECONDS
+
+
 class HttpRequestEvent(Event):
     """One request served by the platform's web app, by route template."""
 
     kind: Literal["http_request"] = "http_request"
     method: HttpMethod
-    endpoint: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^/[^?#\s\x00-\x1F\x7F]*$")]
-    status: Annotated[int, Field(ge=100, le=599, strict=True)]
+    endpoint: Endpoint
+    status: HttpStatus
     duration: Seconds
 
-    @field_validator("endpoint")
+
+class HttpSummaryEvent(Event):
+    """The requests of one (method, route template, status) that one web process served in one interval.
+
+    Summed where they happened (panic_metrics_client.http_summaries) and
+    counted by the worker exactly as the requests one by one would have been:
+    `count` requests, how many fell in each bucket of `HTTP_DURATION_BUCKETS`
+    (non-cumulative, the last one past 30 s), and the exact sum of their
+    durations as non-overlapping partials (`math.fsum(duration_sum)` is the
+    sum, correctly rounded). `occurred_at` is the end of the interval.
+    """
+
+    kind: Literal["http_summary"] = "http_summary"
+    method: HttpMethod
+    endpoint: Endpoint
+    status: HttpStatus
+    interval_start: Timestamp
+    count: Annotated[int, Field(ge=1, le=1_000_000_000, strict=True)]
+    buckets: Annotated[list[Count], Field(min_length=_BUCKETS_WITH_INF, max_length=_BUCKETS_WITH_INF)]
+    duration_sum: Annotated[
+        list[Annotated[float, Field(strict=True, allow_inf_nan=False)]],
+        Field(min_length=1, max_length=MAX_SUM_PARTIALS),
+    ]
+
+    @field_validator("duration_sum")
     @classmethod
-    def _route_template(cls, value: str) -> str:
-        if _RAW_SEGMENT.search(value):
-            raise PydanticCustomError("raw_path", "endpoint must be the route template, not the raw path")
+    def _a_duration(cls, value: list[float]) -> list[float]:
+        if any(abs(partial) > _MOST_SECONDS for partial in value) or not math.fsum(value) >= 0.0:
+            raise PydanticCustomError("duration_sum", "duration_sum must add up to between 0 and count days")
         return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if sum(self.buckets) != self.count:
+            raise PydanticCustomError("bucket_total", "the bucket counts must add up to count")
+        # Each request of bucket i took more than the bound below it and at most its own.
+        low = math.fsum(n * bound for n, bound in zip(self.buckets[1:], HTTP_DURATION_BUCKETS, strict=True))
+        tops = (*HTTP_DURATION_BUCKETS, MAX_DURATION_SECONDS)
+        high = math.fsum(n * bound for n, bound in zip(self.buckets, tops, strict=True))
+        total = self.total_duration
+        if not low * (1 - 1e-9) <= total <= high * (1 + 1e-9):
+            raise PydanticCustomError(
+                "duration_sum",
+                "duration_sum {total} is outside what the bucket counts allow [{low}, {high}]",
+                {"total": total, "low": low, "high": high},
+            )
+        if self.interval_start > self.occurred_at:
+            raise PydanticCustomError("interval", "interval_start must not be after occurred_at")
+        return self
+
+    @property
+    def total_duration(self) -> float:
+        """The exact sum of the durations, correctly rounded."""
+        return math.fsum(self.duration_sum)
 
 
 class GaugeReportEvent(Event):
@@ -259,6 +332,7 @@ AnyEvent = Annotated[
     | CreditTransactionEvent
     | PrankDetectionEvent
     | HttpRequestEvent
+    | HttpSummaryEvent
     | GaugeReportEvent,
     Field(discriminator="kind"),
 ]

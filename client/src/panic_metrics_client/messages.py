@@ -38,6 +38,7 @@ TASK_OF_KIND: dict[str, str] = {
     "credit_transaction": f"{TASK_PREFIX}record_credit_transaction_metrics",
     "prank_detection": f"{TASK_PREFIX}record_prank_detection_metrics",
     "http_request": f"{TASK_PREFIX}record_http_request_metrics",
+    "http_summary": f"{TASK_PREFIX}record_http_summary_metrics",
     "gauge_report": f"{TASK_PREFIX}record_gauge_report",
 }
 
