@@ -17,8 +17,16 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI, Response
+from hypothesis import given
+from hypothesis import strategies as st
 
-from panic_metrics_client import InvalidEvent, PanicMetricsMiddleware, record_http_request_metrics, state
+from panic_metrics_client import (
+    ClientSettings,
+    InvalidEvent,
+    PanicMetricsMiddleware,
+    record_http_request_metrics,
+    state,
+)
 from panic_metrics_client.events import HTTP_DURATION_BUCKETS, MAX_DURATION_SECONDS
 from panic_metrics_client.messages import BATCH_TASK
 from tests.client.conftest import ClientFactory
@@ -310,3 +318,18 @@ def test_eight_threads_adding_while_the_sender_takes_lose_and_double_nothing(
     assert buckets[-1] == every_duration.count(45.0)
     assert sum(buckets) == threads * per_thread
     assert client.stats()["http_requests_pending"] == client.stats()["invalid"] == 0
+
+
+@given(seconds=st.floats(min_value=1e-3, max_value=1e6, allow_nan=False))
+def test_the_summary_interval_is_read_from_the_environment(seconds: float) -> None:
+    """PANIC_METRICS_SUMMARY_INTERVAL_SECONDS sets the interval; unset or empty, it is 10 s."""
+    environ = {"PANIC_METRICS_SUMMARY_INTERVAL_SECONDS": repr(seconds)}
+    assert ClientSettings.from_env(environ).summary_interval_seconds == seconds
+    assert ClientSettings.from_env({"PANIC_METRICS_SUMMARY_INTERVAL_SECONDS": " "}).summary_interval_seconds == 10
+
+
+@given(raw=st.one_of(st.floats(max_value=0), st.just(math.nan)).map(repr))
+def test_a_summary_interval_not_above_zero_is_refused(raw: str) -> None:
+    """Zero, a negative interval or NaN is refused at start, naming the variable."""
+    with pytest.raises(ValueError, match="PANIC_METRICS_SUMMARY_INTERVAL_SECONDS"):
+        ClientSettings.from_env({"PANIC_METRICS_SUMMARY_INTERVAL_SECONDS": raw})
