@@ -221,7 +221,8 @@ class BackgroundSender:
         if self._spool.events:
             waits.append(self._delivery.broker_down_until - now)
         if self._summaries.pending():
-            # Only with requests in the table: an idle process has no summary to wake for.
+            # Only with requests in the table: an idle process has no summary to wake for. A request
+            # never wakes the thread itself (the hot path); the next cycle, at most a batch interval on, sees it.
             waits.append(self._last_summary + self.settings.summary_interval_seconds - now)
         return max(0.0, min(waits))
 
