@@ -73,8 +73,8 @@ from tests.support.processes import LoggedProcess
 from tests.support.services import PostgresDatabase, RedisServer, free_port, wait_until
 from tests.support.worker import Worker
 
-#: The `metric_events` kinds that HTTP requests are stored as; a per-route summary kind joins here.
-HTTP_KINDS = frozenset({"http_request"})
+#: The `metric_events` kinds that HTTP requests are stored as (the middleware sends summaries).
+HTTP_KINDS = frozenset({"http_request", "http_summary"})
 WRK = "/usr/bin/wrk"
 LUA = Path(__file__).with_name("http_mix.lua")
 #: The spool's default cap (PANIC_METRICS_SPOOL_MAX_BYTES) and the rate it is judged at.

@@ -10,12 +10,13 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from sqlalchemy import Engine
 
-from panic_metrics_client.messages import Message
+from panic_metrics_client.messages import BATCH_TASK, TASK_OF_KIND, Message
 from tests.client.conftest import BreakableRedis, ClientFactory, stored_count
 from tests.integration.conftest import WorkerFactory
 from tests.support.services import free_port, wait_until
@@ -23,8 +24,8 @@ from tests.support.worker import total
 
 pytestmark = pytest.mark.integration
 
-# An app process: records `count` HTTP requests and auth events through the seed's names,
-# prints their ids once they are handed over, then waits to be signalled.
+# An app process: records `count` HTTP requests (summed in the process) and auth events through
+# the seed's names, prints the auth events' ids once they are handed over, then waits to be signalled.
 APP = """
 import signal, sys
 from panic_metrics_client import flush, get_client, record_auth_metrics, record_http_request_metrics
@@ -32,7 +33,7 @@ count = int(sys.argv[1])
 get_client()
 ids = []
 for i in range(count):
-    ids.append(record_http_request_metrics(method="GET", endpoint="/api/{id}", status=200, duration=0.01))
+    assert record_http_request_metrics(method="GET", endpoint="/api/{id}", status=200, duration=0.01)
     ids.append(record_auth_metrics.delay(user_type="registered_user", success=True))
 if sys.argv[2] == "flush":
     assert flush(30)
@@ -64,7 +65,8 @@ print(request(), flush=True)
 """
 
 
-# A web process under steady load: records HTTP requests and panic requests until it is killed.
+# A web process under steady load: records HTTP requests (a summary every few milliseconds here)
+# and panic requests until it is killed.
 STREAMING_APP = """
 import time
 from panic_metrics_client import get_client, record_http_request_metrics, record_panic_request_metrics
@@ -73,14 +75,15 @@ print("recording", flush=True)
 while True:
     for _ in range(20):
         record_http_request_metrics(method="GET", endpoint="/api/{id}", status=200, duration=0.01)
-    record_panic_request_metrics.delay(service_type="fire", status="requested", zone="z", firm_id="f1")
+    for _ in range(5):
+        record_panic_request_metrics.delay(service_type="fire", status="requested", zone="z", firm_id="f1")
     time.sleep(0.002)
 """
 
 
-def spooled_event_ids(directory: Path) -> list[str]:
-    """The event ids in every spool file of `directory`, read from the files."""
-    ids = []
+def spooled_events(directory: Path) -> list[dict[str, Any]]:
+    """The events in every spool file of `directory`, read from the files."""
+    events = []
     for path in directory.glob("spool-*.sqlite3"):
         with sqlite3.connect(path) as db:
             if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages'").fetchone() is None:
@@ -88,8 +91,8 @@ def spooled_event_ids(directory: Path) -> list[str]:
             for (text,) in db.execute("SELECT body FROM messages"):
                 message = Message.decode(text)
                 kwargs = json.loads(message.kwargs_json)
-                ids += [e["event_id"] for e in kwargs.get("events", [kwargs])]
-    return ids
+                events += kwargs.get("events", [kwargs])
+    return events
 
 
 def run_app(
@@ -125,15 +128,29 @@ def close(process: subprocess.Popen[str]) -> None:
         process.stdout.close()
 
 
-def queued_event_ids(server: BreakableRedis) -> list[str]:
-    """The event ids of every message waiting in the broker's `events` list."""
-    ids = []
+def queued_events(server: BreakableRedis) -> list[dict[str, Any]]:
+    """The events of every message waiting in the broker's `events` list, each naming its kind."""
+    kind_of_task = {task: kind for kind, task in TASK_OF_KIND.items()}
+    events = []
     with redis.Redis.from_url(server.url) as connection:
         for raw in connection.lrange("events", 0, -1):
             message = json.loads(raw)
             _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-            ids += [e["event_id"] for e in kwargs.get("events", [kwargs])]
-    return ids
+            if message["headers"]["task"] == BATCH_TASK:
+                events += kwargs["events"]
+            else:  # one event sent as `.delay(**fields)` sends it: its kind is in the task name
+                events.append({"kind": kind_of_task[message["headers"]["task"]], **kwargs})
+    return events
+
+
+def queued_event_ids(server: BreakableRedis, kind: str | None = None) -> list[str]:
+    """The event ids waiting in the broker, all or of `kind` only."""
+    return [e["event_id"] for e in queued_events(server) if kind in (None, e["kind"])]
+
+
+def summed_requests(server: BreakableRedis) -> int:
+    """The HTTP requests in the summaries waiting in the broker."""
+    return sum(e["count"] for e in queued_events(server) if e["kind"] == "http_summary")
 
 
 def test_events_spooled_by_a_killed_process_are_sent_by_the_next_start(
@@ -145,7 +162,7 @@ def test_events_spooled_by_a_killed_process_are_sent_by_the_next_start(
     try:
         assert first.stdout is not None
         ids = first.stdout.readline().split()
-        assert len(ids) == 80
+        assert len(ids) == 40
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
@@ -155,7 +172,7 @@ def test_events_spooled_by_a_killed_process_are_sent_by_the_next_start(
     second = run_app(tmp_path, breakable_redis.url, 0, flush=True)
     try:
         wait_until(
-            lambda: sorted(queued_event_ids(breakable_redis)) == sorted(ids),
+            lambda: sorted(queued_event_ids(breakable_redis, "auth")) == sorted(ids),
             timeout=60,
             what="the dead process's events on the broker",
         )
@@ -163,12 +180,14 @@ def test_events_spooled_by_a_killed_process_are_sent_by_the_next_start(
         second.terminate()
         second.wait(timeout=10)
         close(second)
-    assert sorted(queued_event_ids(breakable_redis)) == sorted(ids)
+    assert sorted(queued_event_ids(breakable_redis, "auth")) == sorted(ids)
+    assert summed_requests(breakable_redis) == 40  # flushed into the spool as summaries before the kill
     assert not list((tmp_path / "spool").glob("spool-*.sqlite3"))  # adopted, drained and removed
 
 
 def test_sigterm_sends_what_is_in_memory(tmp_path: Path, breakable_redis: BreakableRedis) -> None:
-    """SIGTERM with HTTP requests waiting in memory for their batch: the handler sends them, then the process ends."""
+    """SIGTERM with HTTP requests in the open interval and auth events waiting for their batch: the handler
+    sends them all, then the process ends."""
     # The wait at SIGTERM is bounded (then what is left is spooled); a generous bound, so a loaded
     # machine cannot turn "sent" into "spooled" here.
     app = run_app(
@@ -177,18 +196,20 @@ def test_sigterm_sends_what_is_in_memory(tmp_path: Path, breakable_redis: Breaka
         30,
         flush=False,
         PANIC_METRICS_BATCH_INTERVAL_MS="600000",
+        PANIC_METRICS_SUMMARY_INTERVAL_SECONDS="600",
         PANIC_METRICS_FLUSH_TIMEOUT_MS="30000",
     )
     assert app.stdout is not None
     ids = app.stdout.readline().split()
-    assert len(ids) == 60
+    assert len(ids) == 30
     app.send_signal(signal.SIGTERM)
     try:
         assert app.wait(timeout=30) == -signal.SIGTERM  # the default action still ends it
     finally:
         app.kill()
         close(app)
-    assert sorted(queued_event_ids(breakable_redis)) == sorted(ids)
+    assert sorted(queued_event_ids(breakable_redis, "auth")) == sorted(ids)
+    assert summed_requests(breakable_redis) == 30
 
 
 def test_a_deploy_during_an_outage_keeps_every_spooled_event(
@@ -245,18 +266,27 @@ def test_a_process_killed_mid_stream_loses_nothing_that_reached_its_spool(
 ) -> None:
     """SIGKILL while events stream into the spool: every event in the file is sent by the next process, once."""
     refused = f"redis://127.0.0.1:{free_port()}/0"
-    app = run_app(tmp_path, refused, 0, flush=False, script_text=STREAMING_APP, PANIC_METRICS_RETRY_INTERVAL_MS="200")
+    app = run_app(
+        tmp_path,
+        refused,
+        0,
+        flush=False,
+        script_text=STREAMING_APP,
+        PANIC_METRICS_RETRY_INTERVAL_MS="200",
+        PANIC_METRICS_SUMMARY_INTERVAL_SECONDS="0.01",
+    )
     spool = tmp_path / "spool"
     try:
         assert app.stdout is not None
         assert app.stdout.readline().strip() == "recording"
-        wait_until(lambda: len(spooled_event_ids(spool)) >= 5_000, timeout=60, what="events streaming into the spool")
+        wait_until(lambda: len(spooled_events(spool)) >= 5_000, timeout=60, what="events streaming into the spool")
     finally:
         app.send_signal(signal.SIGKILL)
         app.wait(timeout=10)
         close(app)
-    on_disk = spooled_event_ids(spool)
+    on_disk = [e["event_id"] for e in spooled_events(spool)]
     assert len(on_disk) == len(set(on_disk)) >= 5_000
+    assert any(e.get("kind") == "http_summary" for e in spooled_events(spool))
 
     heir = run_app(tmp_path, breakable_redis.url, 0, flush=True)
     try:

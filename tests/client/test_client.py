@@ -72,14 +72,17 @@ def test_bad_call_in_production_is_logged_once_per_kind_and_reason_and_counted(
     assert client.stats()["invalid"] == 6
 
 
-def test_every_kind_goes_out_under_its_seed_name_and_http_requests_in_batches(
+def test_every_kind_goes_out_under_its_seed_name_and_high_rate_kinds_in_batches(
     make_client: ClientFactory, tmp_path: Path
 ) -> None:
-    """Low-rate kinds keep their task names; HTTP requests travel in record_events messages of batch_size."""
+    """Low-rate kinds keep their task names; high-rate ones travel in record_events messages of batch_size;
+    HTTP requests go out summed, one summary for the key."""
     folder = tmp_path / "broker"
     client = on_filesystem(make_client, folder, batch_size=50, batch_interval_ms=60_000)
     ids = {kind: client.record_fields(kind, sample_payload(kind)) for kind in KINDS if kind != "http_request"}
-    http_ids = [client.record_fields("http_request", sample_payload("http_request")) for _ in range(120)]
+    summary_ids = [client.record_fields("http_summary", sample_payload("http_summary")) for _ in range(120)]
+    request_ids = [client.record_fields("http_request", sample_payload("http_request")) for _ in range(7)]
+    assert None not in request_ids
     assert client.flush(timeout=30)
     messages = delivered(folder)
     by_task = {m["headers"]["task"]: m for m in messages if m["headers"]["task"] != BATCH_TASK}
@@ -90,9 +93,12 @@ def test_every_kind_goes_out_under_its_seed_name_and_http_requests_in_batches(
     batches = [m for m in messages if m["headers"]["task"] == BATCH_TASK]
     # Sizes, not order: kombu names filesystem messages by millisecond, so two
     # published in the same millisecond are read back in either order.
-    batched = 120 + len(HIGH_RATE_KINDS & set(ids))
+    batched = 120 + len(HIGH_RATE_KINDS & set(ids)) + 1  # and the summary of the 7 requests
     assert sorted(len(b["kwargs"]["events"]) for b in batches) == [batched - 100, 50, 50]
-    assert set(delivered_event_ids(folder)) == {str(i) for i in [*ids.values(), *http_ids]}
+    recorded = {str(i) for i in [*ids.values(), *summary_ids]}
+    (summed,) = [e for b in batches for e in b["kwargs"]["events"] if e["event_id"] not in recorded]
+    assert (summed["kind"], summed["count"]) == ("http_summary", 7)
+    assert set(delivered_event_ids(folder)) == {*recorded, summed["event_id"]}
     assert all(isinstance(m["headers"]["published_at"], float) for m in messages)
 
 
@@ -196,22 +202,35 @@ _calls = st.lists(
 def test_valid_calls_all_arrive_and_invalid_ones_are_refused_naming_the_field(
     make_client: ClientFactory, tmp_path_factory: pytest.TempPathFactory, calls: list[tuple[str, str | None, Any]]
 ) -> None:
-    """Any mix of calls: each valid one reaches the broker once; each invalid one raises naming its field."""
+    """Any mix of calls: each valid one reaches the broker once (an HTTP request within its route's summary);
+    each invalid one raises naming its field."""
     folder = tmp_path_factory.mktemp("broker")
     client = on_filesystem(make_client, folder, spool_dir=folder / "spool")
     accepted = []
+    requests = 0
     for kind, wrong, payload in calls:
         if wrong is None:
             event_id = client.record_fields(kind, payload)
             assert event_id is not None
-            accepted.append(str(event_id))
+            if kind == "http_request":
+                requests += 1
+            else:
+                accepted.append(str(event_id))
         else:
             with pytest.raises(InvalidEvent) as caught:
                 client.record_fields(kind, payload)
             assert caught.value.field is not None
             assert caught.value.field.split(".")[0] == wrong, caught.value
     assert client.flush(timeout=30)
-    assert sorted(delivered_event_ids(folder)) == sorted(accepted)
+    events = [
+        event
+        for message in delivered(folder)
+        for event in (message["kwargs"]["events"] if message["headers"]["task"] == BATCH_TASK else [message["kwargs"]])
+    ]
+    summed = [e for e in events if e["event_id"] not in accepted]
+    assert all(e["kind"] == "http_summary" for e in summed)
+    assert sum(e["count"] for e in summed) == requests
+    assert sorted(e["event_id"] for e in events if e["event_id"] in accepted) == sorted(accepted)
     client.close(timeout=5)
 
 

@@ -1,4 +1,4 @@
-"""The ASGI middleware on a real FastAPI app: route templates, exceptions untouched, open WebSockets."""
+"""The ASGI middleware on a real FastAPI app: requests summed by route template, exceptions untouched, WebSockets."""
 
 from __future__ import annotations
 
@@ -64,11 +64,16 @@ def test_requests_are_recorded_by_route_template_and_exceptions_pass_through(
 
     asyncio.run(requests())
     assert client.flush(timeout=30)
-    events = [e for e in recorded(folder) if e["kind"] == "http_request"]
-    assert sorted((e["method"], e["endpoint"], e["status"]) for e in events) == sorted(
-        [("GET", "/api/v1/panic/{request_id}", 200)] * 3
-        + [("GET", "/{unmatched}", 404), ("POST", "/api/v1/credits", 500)]
+    summaries = [e for e in recorded(folder) if e["kind"] == "http_summary"]
+    assert sorted((e["method"], e["endpoint"], e["status"], e["count"]) for e in summaries) == sorted(
+        [
+            ("GET", "/api/v1/panic/{request_id}", 200, 3),
+            ("GET", "/{unmatched}", 404, 1),
+            ("POST", "/api/v1/credits", 500, 1),
+        ]
     )
+    assert not [e for e in recorded(folder) if e["kind"] == "http_request"]  # one summary per key, no event per request
+    assert client.stats()["invalid"] == 0
 
 
 def test_open_websockets_are_reported(make_client: ClientFactory, tmp_path: Path) -> None:

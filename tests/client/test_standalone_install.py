@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -82,6 +83,9 @@ def test_client_installed_alone_records_events_beside_a_package_named_app(tmp_pa
     assert not [m for m in report["modules"] if m.startswith(("workers", "celery", "app.config", "app.events"))]
     tasks = sorted(m["headers"]["task"] for m in messages)
     assert tasks == ["panic_metrics.events.record_events", "panic_metrics.events.record_panic_request_metrics"]
+    (batch,) = [m for m in messages if m["headers"]["task"] == "panic_metrics.events.record_events"]
+    _args, kwargs, _embed = json.loads(base64.b64decode(batch["body"]))
+    assert [(e["kind"], e["count"]) for e in kwargs["events"]] == [("http_summary", 1)]  # the request, summed
     assert all(m["headers"]["published_at"] for m in messages)
     assert len(report["ids"]) == 2
     assert sys.executable != str(python)

@@ -9,6 +9,7 @@ thread). The parts, each in its own module:
 - `sender`: the queue and the thread (submit, flush, close, is_alive);
 - `batching`: which messages a cycle sends, a pure function;
 - `delivery`: the publish-or-spool rule, and `spool`, where unsent messages wait;
+- `http_summaries`: HTTP requests summed per route, status and interval;
 - `process_counts`: cache and WebSocket counts summed in the process;
 - `tally`: every outcome counted where it happens, with its reason;
 - `process_hooks`: SIGTERM, fork and exit.
@@ -22,7 +23,8 @@ from typing import Any
 
 from panic_metrics_client import process_hooks
 from panic_metrics_client.delivery import Delivery
-from panic_metrics_client.events import Event
+from panic_metrics_client.events import MAX_DURATION_SECONDS, Event, HttpMethod, HttpRequestEvent
+from panic_metrics_client.http_summaries import HttpSummaries
 from panic_metrics_client.metrics import metric_file_counts, metrics_for
 from panic_metrics_client.parsing import InvalidEvent, parse_any_event, parse_event
 from panic_metrics_client.process_counts import ProcessCounts
@@ -31,6 +33,8 @@ from panic_metrics_client.settings import ClientSettings
 from panic_metrics_client.spool import Spool
 from panic_metrics_client.tally import Tally
 from panic_metrics_client.transport import Publisher
+
+_METHODS = frozenset(HttpMethod)
 
 
 class Client:
@@ -45,27 +49,41 @@ class Client:
         self._publisher = Publisher(self.settings)
         self._delivery = Delivery(self.settings, self._spool, self._publisher, self._tally, client_metrics)
         self._counts = ProcessCounts()
+        self._summaries = HttpSummaries()
         self._sigterm = process_hooks.SigtermChain(self.close)
         self._sender = BackgroundSender(
-            self.settings, self._delivery, self._counts, self._tally, client_metrics, on_start=self._sigterm.install
+            self.settings,
+            self._delivery,
+            self._tally,
+            client_metrics,
+            counts=self._counts,
+            summaries=self._summaries,
+            on_start=self._sigterm.install,
         )
         process_hooks.track(self)
 
     # -- the calls app code makes -------------------------------------------------
 
     def record(self, event: Event) -> uuid.UUID:
-        """Record a typed event (already validated by its model); return its event_id."""
-        self._sender.submit(event)
+        """Record a typed event (already validated by its model); return its event_id.
+
+        An `HttpRequestEvent` is added to its route's summary (see `record_http_request`):
+        its event_id is not stored.
+        """
+        self._accept(event)
         return event.event_id
 
     def record_fields(self, kind: str, fields: Mapping[str, Any]) -> uuid.UUID | None:
-        """Validate `fields` as an event of `kind` and record it; None when refused (production mode)."""
+        """Validate `fields` as an event of `kind` and record it; None when refused (production mode).
+
+        An `http_request` is added to its route's summary (see `record_http_request`).
+        """
         try:
             event = parse_event(kind, dict(fields))
         except InvalidEvent as exc:
             self._refused(exc)
             return None
-        self._sender.submit(event)
+        self._accept(event)
         return event.event_id
 
     def record_many(self, events: Iterable[Event | Mapping[str, Any]]) -> list[uuid.UUID | None]:
@@ -82,8 +100,23 @@ class Client:
                 valid.append(None)
         for event in valid:
             if event is not None:
-                self._sender.submit(event)
+                self._accept(event)
         return [event.event_id if event is not None else None for event in valid]
+
+    def record_http_request(self, *, method: str, endpoint: str, status: int, duration: float) -> None:
+        """One HTTP request served, by route template: summed in the process, never sent alone.
+
+        The hot path of a web app (the middleware calls it per request): a table
+        update, no validation. Requests go out as one `http_summary` per (method,
+        route, status) every `summary_interval_seconds`, at `flush()` and at
+        `close()`. An unknown method counts as GET; the duration is clamped to
+        [0, a day]. A raw path or a bad template is refused when the summary is
+        built: its requests are counted as invalid and the reason logged once.
+        """
+        method = method.upper()
+        seconds = min(float(duration), MAX_DURATION_SECONDS) if duration >= 0.0 else 0.0  # NaN too
+        self._summaries.add(method if method in _METHODS else "GET", endpoint, status, seconds)
+        self._sender.requests_summed()
 
     def record_cache(self, *, hit: bool, count: int = 1) -> None:
         """Count cache hits or misses in this process; they go out as one gauge report per interval."""
@@ -118,11 +151,15 @@ class Client:
         return self._tally.snapshot()
 
     def stats(self) -> dict[str, int]:
-        """Events sent, spooled, refused and dropped, and what waits in memory and in the spool."""
+        """Events sent, spooled, refused and dropped, and what waits in memory and in the spool.
+
+        `http_requests_pending`: requests summed in the process, not yet taken into a summary.
+        """
         return {
             **self._tally.snapshot(),
             "dropped_spool_full": self._spool.dropped_events,
             "queued": self._sender.queued_events(),
+            "http_requests_pending": self._summaries.pending(),
             "spool_events": self._spool.events,
             **metric_file_counts(),
         }
@@ -134,16 +171,19 @@ class Client:
         self._tally.after_fork()
         self._delivery.after_fork()
         self._counts.after_fork()
+        self._summaries.after_fork()
         self._sender.after_fork()
 
+    def _accept(self, event: Event) -> None:
+        if isinstance(event, HttpRequestEvent):
+            # Already validated: into its route's summary, like the middleware's requests.
+            self._summaries.add(event.method.value, event.endpoint, event.status, float(event.duration))
+            self._sender.requests_summed()
+        else:
+            self._sender.submit(event)
+
     def _refused(self, exc: InvalidEvent) -> None:
-        self._tally.add("invalid", 1)
         if self.settings.mode == "development":
+            self._tally.add("invalid", 1)
             raise exc
-        self._tally.log_once(
-            (exc.kind, exc.reason),
-            "metric event refused",
-            kind=exc.kind,
-            reason=exc.reason,
-            detail=exc.detail,
-        )
+        self._tally.refused(exc.kind, exc.reason, exc.detail)

@@ -18,7 +18,7 @@ import threading
 import weakref
 from bisect import bisect_left
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from panic_metrics_client.events import HTTP_DURATION_BUCKETS, HttpSummaryEvent
 from panic_metrics_client.exact_sum import grow
@@ -30,6 +30,13 @@ Row = list[Any]  # [int, list[float], list[int]]: one list, mutated in place on 
 
 _BUCKETS = HTTP_DURATION_BUCKETS
 _SLOTS = len(_BUCKETS) + 1
+
+
+class Refused(NamedTuple):
+    """A key the catalogue refused when its summary was built, and how many requests it held."""
+
+    invalid: InvalidEvent
+    requests: int
 
 
 class _Shard:
@@ -74,7 +81,7 @@ class HttpSummaries:
         """Requests added since the last summary (read without stopping anyone)."""
         return sum(row[0] for shard in list(self._shards) for row in list(shard.table.values()))
 
-    def take(self) -> tuple[list[HttpSummaryEvent], list[InvalidEvent]]:
+    def take(self) -> tuple[list[HttpSummaryEvent], list[Refused]]:
         """Everything added since the last call, as one event per key; the next interval starts now.
 
         A key the catalogue refuses (a raw path given as the route, an unknown
@@ -100,7 +107,7 @@ class HttpSummaries:
         since, until = self._since, datetime.now(UTC)
         self._since = until
         events: list[HttpSummaryEvent] = []
-        refused: list[InvalidEvent] = []
+        refused: list[Refused] = []
         for (method, endpoint, status), (count, partials, buckets) in merged.items():
             fields = {
                 "method": method,
@@ -115,7 +122,7 @@ class HttpSummaries:
             try:
                 events.append(cast("HttpSummaryEvent", parse_event("http_summary", fields)))
             except InvalidEvent as invalid:
-                refused.append(invalid)
+                refused.append(Refused(invalid, count))
         return events, refused
 
     def _new_shard(self) -> _Shard:

@@ -2,10 +2,13 @@
 
     app.add_middleware(PanicMetricsMiddleware)
 
-The endpoint recorded is the route's template (`/api/v1/panic/{request_id}`),
-never the raw path, whose ids would make a series per request; a request no
-route matched is recorded as `/{unmatched}`. The app's own exceptions pass
-through unchanged (recorded as status 500); recording never raises into the request.
+Each request is added to the process's summary of its (method, route template,
+status): one `http_summary` per key and interval goes out, not an event per
+request (`Client.record_http_request`). The endpoint recorded is the route's
+template (`/api/v1/panic/{request_id}`), never the raw path, whose ids would
+make a series per request; a request no route matched is recorded as
+`/{unmatched}`. The app's own exceptions pass through unchanged (recorded as
+status 500); recording never raises into the request.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from panic_metrics_client.client import Client
-from panic_metrics_client.events import HttpMethod
 from panic_metrics_client.state import get_client
 
 Scope = MutableMapping[str, Any]
@@ -26,7 +28,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 UNMATCHED_ENDPOINT = "/{unmatched}"
-_METHODS = frozenset(HttpMethod)
 logger = logging.getLogger("panic_metrics_client")
 
 
@@ -38,7 +39,7 @@ def route_template(scope: Scope) -> str:
 
 
 class PanicMetricsMiddleware:
-    """Records `http_request` events and the number of open WebSockets through the client."""
+    """Sums HTTP requests into the client's summaries and counts open WebSockets through the client."""
 
     def __init__(self, app: ASGIApp, *, client: Client | None = None) -> None:
         self.app = app
@@ -72,18 +73,11 @@ class PanicMetricsMiddleware:
             self._record_request(scope, status, time.perf_counter() - started)
 
     def _record_request(self, scope: Scope, status: int, seconds: float) -> None:
-        method = str(scope.get("method", "GET")).upper()
         try:
-            self.client.record_fields(
-                "http_request",
-                {
-                    "method": method if method in _METHODS else "GET",
-                    "endpoint": route_template(scope),
-                    "status": status,
-                    "duration": min(max(seconds, 0.0), 86_400.0),
-                },
+            self.client.record_http_request(
+                method=str(scope.get("method", "GET")), endpoint=route_template(scope), status=status, duration=seconds
             )
-        except Exception:  # a refused template in development mode: say it, never break the request
+        except Exception:  # recording never breaks the request
             logger.exception("http request not recorded")
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -4,8 +4,11 @@ Its verbs are few (submit, flush, close, is_alive), as in sentry-sdk's
 BackgroundWorker. A submit never waits: it appends the event's JSON to a
 bounded deque and wakes the thread for a low-rate kind. The thread lingers a
 moment so events gather, plans the cycle's messages (batching), and hands
-them to the publish-or-spool rule (delivery). It starts on first use, again
-in a forked child, and is drained within a bound at close.
+them to the publish-or-spool rule (delivery). Once an interval, and at every
+flush and at close, it also takes the HTTP requests summed in the process
+(http_summaries) and the cache and WebSocket counts (process_counts) and sends
+them as events like any other. It starts on first use, again in a forked
+child, and is drained within a bound at close.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Callable
 from panic_metrics_client.batching import HIGH_RATE_KINDS, Pending, plan
 from panic_metrics_client.delivery import Delivery
 from panic_metrics_client.events import Event
+from panic_metrics_client.http_summaries import HttpSummaries
 from panic_metrics_client.messages import Message, batch_message, event_json, event_message
 from panic_metrics_client.metrics import ClientMetrics
 from panic_metrics_client.process_counts import ProcessCounts
@@ -37,16 +41,18 @@ class BackgroundSender:
         self,
         settings: ClientSettings,
         delivery: Delivery,
-        counts: ProcessCounts,
         tally: Tally,
         metrics: ClientMetrics | None,
         *,
+        counts: ProcessCounts,
+        summaries: HttpSummaries,
         on_start: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
         self._delivery = delivery
         self._spool = delivery.spool
         self._counts = counts
+        self._summaries = summaries
         self._tally = tally
         self._metrics = metrics
         self._on_start = on_start
@@ -73,6 +79,7 @@ class BackgroundSender:
         self._pending = Pending()
         self._in_flight: list[Message] = []
         self._last_report = time.monotonic()
+        self._last_summary = time.monotonic()
 
     # -- the verbs ------------------------------------------------------------------------
 
@@ -145,7 +152,20 @@ class BackgroundSender:
                 # The broker did not answer in time: what is still in memory goes to the spool.
                 self._spool_what_is_in_memory()
                 return
+        else:
+            self.requests_summed()  # never started (it starts on the first request): spool what is summed
         self._spool.close()
+
+    def requests_summed(self) -> None:
+        """Requests were added to the table: the thread takes it once an interval; after close, spooled at once."""
+        if self._closed:
+            # A request finishing during a graceful shutdown, after the last take: as `submit` does.
+            texts = self._take_summaries()
+            if texts:
+                self._delivery.keep([batch_message(texts)])
+                self._delivery.lose_held()
+        elif self._thread is None:
+            self.start()
 
     def queued_events(self) -> int:
         """Events in memory: queued, waiting for their batch, or refused by the spool."""
@@ -200,6 +220,10 @@ class BackgroundSender:
             waits.append(self._pending.since + interval - now)
         if self._spool.events:
             waits.append(self._delivery.broker_down_until - now)
+        if self._summaries.pending():
+            # Only with requests in the table: an idle process has no summary to wake for. A request
+            # never wakes the thread itself (the hot path); the next cycle, at most a batch interval on, sees it.
+            waits.append(self._last_summary + self.settings.summary_interval_seconds - now)
         return max(0.0, min(waits))
 
     def _cycle(self, *, force: bool) -> None:
@@ -213,6 +237,9 @@ class BackgroundSender:
                 report = self._counts.report()
                 if report is not None:
                     queued.append(event_json(report))
+            if force or now - self._last_summary >= self.settings.summary_interval_seconds:
+                self._last_summary = now
+                queued += self._take_summaries()
             messages = plan(
                 queued, self._pending, now=now, force=force, size=self.settings.batch_size, interval=interval
             )
@@ -225,9 +252,17 @@ class BackgroundSender:
             if self._metrics is not None:
                 self._metrics.depths(self.queued_events(), self._spool.events)
 
+    def _take_summaries(self) -> list[str]:
+        """The requests summed since the last take, one summary each key (as JSON); refused keys counted."""
+        summaries, refused = self._summaries.take()
+        for invalid, requests in refused:
+            # Never raised, even in development: no caller is left to see it (the requests are served).
+            self._tally.refused(invalid.kind, invalid.reason, invalid.detail, requests)
+        return [event_json(summary) for summary in summaries]
+
     def _spool_what_is_in_memory(self) -> None:
         with self._state_lock:
-            events = list(self._queue) + self._pending.texts
+            events = list(self._queue) + self._pending.texts + self._take_summaries()
             self._queue.clear()
             self._pending = Pending()
             messages = [*self._in_flight, *([batch_message(events)] if events else [])]

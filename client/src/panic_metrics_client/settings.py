@@ -34,6 +34,9 @@ class ClientSettings:
     # High-rate kinds travel in `record_events` messages of up to this many, at least this often.
     batch_size: int = 500
     batch_interval_ms: float = 1_000.0
+    # HTTP requests are summed per (method, route, status) and sent as one summary each this often;
+    # a process killed outright (SIGKILL, OOM) loses at most this long of them.
+    summary_interval_seconds: float = 10.0
     # development: a bad call raises InvalidEvent; production: logged once per kind and reason, counted.
     mode: Mode = "production"
 
@@ -41,8 +44,8 @@ class ClientSettings:
         for name in ("broker_folder", "spool_dir"):  # `configure(spool_dir="...")` takes a str too
             object.__setattr__(self, name, Path(getattr(self, name)))
         positive = ("spool_max_bytes", "timeout_ms", "flush_timeout_ms", "send_timeout_ms", "retry_interval_ms")
-        for name in (*positive, "queue_size", "batch_size", "batch_interval_ms"):
-            if getattr(self, name) <= 0:
+        for name in (*positive, "queue_size", "batch_size", "batch_interval_ms", "summary_interval_seconds"):
+            if not getattr(self, name) > 0:  # NaN too
                 raise ValueError(f"PANIC_METRICS_{name.upper()}: must be > 0")
         if self.mode not in ("development", "production"):
             raise ValueError("PANIC_METRICS_MODE: must be development or production")
@@ -79,4 +82,5 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "queue_size": int,
     "batch_size": int,
     "batch_interval_ms": _number,
+    "summary_interval_seconds": _number,
 }

@@ -48,6 +48,11 @@ class Tally:
         with self._lock:
             return dict(self._counts)
 
+    def refused(self, kind: str, reason: str, detail: str, events: int = 1) -> None:
+        """`events` refused by the catalogue for `reason`: counted, and logged once per kind and reason."""
+        self.add("invalid", events)
+        self.log_once((kind, reason), "metric event refused", kind=kind, reason=reason, detail=detail)
+
     def log_once(self, key: tuple[str, str], message: str, **extra: Any) -> None:
         """A warning the first time `key` is seen in this client: a flood of the same refusal logs once."""
         if key not in self._logged:
