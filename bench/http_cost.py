@@ -74,7 +74,7 @@ from tests.support.services import PostgresDatabase, RedisServer, free_port, wai
 from tests.support.worker import Worker
 
 #: The `metric_events` kinds that HTTP requests are stored as; a per-route summary kind joins here.
-HTTP_KINDS = frozenset({"http_request"})
+HTTP_KINDS = frozenset({"http_request", "http_summary"})
 WRK = "/usr/bin/wrk"
 LUA = Path(__file__).with_name("http_mix.lua")
 #: The spool's default cap (PANIC_METRICS_SPOOL_MAX_BYTES) and the rate it is judged at.
