@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,11 +27,7 @@ from tests.integration.conftest import WorkerFactory
 from tests.support.services import free_port, wait_until
 from tests.support.worker import total
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("wrk") is None, reason="needs Debian's wrk (scripts/test-services.sh installs it)"),
-]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 INTERVAL_SECONDS = 1.0
 # (method, route under the test's prefix, status): the keys the app serves.
