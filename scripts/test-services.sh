@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install and start what the integration tests need, idempotently:
 # Debian's redis-server, prometheus (promtool), prometheus-alertmanager
-# (amtool) and docker-compose, and the
+# (amtool), docker-compose and wrk, and the
 # machine's PostgreSQL 15 cluster with a role of the test suite's own. The
 # tests start their own redis-server on a port of their own and create (and
 # drop) a database per run with that role.
@@ -20,6 +20,8 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null && command -v amtool >/dev/null || missing+=(prometheus-alertmanager)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
+# The load generator of the live HTTP test (tests/client/test_http_summaries_live.py) and bench/http_cost.py.
+command -v wrk >/dev/null || missing+=(wrk)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "test-services: installing ${missing[*]}"
     as_root apt-get update -qq
