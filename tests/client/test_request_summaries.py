@@ -143,13 +143,24 @@ def test_close_sends_the_open_interval(make_client: ClientFactory, tmp_path: Pat
     assert math.fsum(summary["duration_sum"]) == math.fsum(0.01 * i for i in range(25))
 
 
-def test_a_request_finishing_after_close_is_spooled(make_client: ClientFactory, tmp_path: Path) -> None:
-    """A request answered during a graceful shutdown, after close, goes to the spool for the next process."""
+def test_requests_finishing_after_close_are_spooled_as_summaries_at_the_server_s_end(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """Requests answered during a graceful shutdown, after SIGTERM's close, stay summed (not a row each) and
+    are spooled for the next process when the server's lifespan ends, or by the exit hook's second close."""
     folder = tmp_path / "broker"
-    client = on_filesystem(make_client, folder)
+    client = on_filesystem(make_client, folder, summary_interval_seconds=3600)
     client.close(timeout=30)
+    for _ in range(3):
+        client.record_http_request(method="GET", endpoint="/api/v1/zones", status=200, duration=0.2)
+    assert client.stats()["http_requests_pending"] == 3
+    assert client.stats()["spooled"] == 0
+    client.server_stopped()  # what the middleware calls when the ASGI lifespan ends
+    assert client.stats()["spooled"] == client.stats()["spool_events"] == 1  # one summary of 3 requests
+    assert client.stats()["http_requests_pending"] == 0
     client.record_http_request(method="GET", endpoint="/api/v1/zones", status=200, duration=0.2)
-    assert client.stats()["spooled"] == client.stats()["spool_events"] == 1
+    client.close(timeout=30)  # the exit hook
+    assert client.stats()["spool_events"] == 2
     assert client.stats()["http_requests_pending"] == 0
 
 

@@ -118,6 +118,16 @@ class Client:
         self._summaries.add(method if method in _METHODS else "GET", endpoint, status, seconds)
         self._sender.requests_summed()
 
+    def server_stopped(self) -> None:
+        """The ASGI server ended its lifespan, after its last request (the middleware calls this).
+
+        A graceful shutdown answers the requests in flight after SIGTERM closed
+        the client, and a server that re-raises the signal then dies without
+        exit hooks: what those requests summed is spooled here (or sent, if the
+        client is still open), so even the last interval is kept.
+        """
+        self._sender.server_stopped(self.settings.flush_timeout_ms / 1000)
+
     def record_cache(self, *, hit: bool, count: int = 1) -> None:
         """Count cache hits or misses in this process; they go out as one gauge report per interval."""
         self._counts.cache(hit=hit, count=count)

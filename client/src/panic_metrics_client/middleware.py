@@ -8,7 +8,9 @@ request (`Client.record_http_request`). The endpoint recorded is the route's
 template (`/api/v1/panic/{request_id}`), never the raw path, whose ids would
 make a series per request; a request no route matched is recorded as
 `/{unmatched}`. The app's own exceptions pass through unchanged (recorded as
-status 500); recording never raises into the request.
+status 500); recording never raises into the request. At the end of the
+server's lifespan (after its last request) the requests summed since the last
+summary go out, or to the spool if SIGTERM already closed the client.
 """
 
 from __future__ import annotations
@@ -54,8 +56,22 @@ class PanicMetricsMiddleware:
             await self._http(scope, receive, send)
         elif scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_after_last_request(message: Message) -> None:
+            # The server sends shutdown once its last request was answered (uvicorn waits for them).
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                try:
+                    self.client.server_stopped()
+                except Exception:  # never break the server's shutdown
+                    logger.exception("http summaries not kept at shutdown")
+            await send(message)
+
+        await self.app(scope, receive, send_after_last_request)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()

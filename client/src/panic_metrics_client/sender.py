@@ -137,9 +137,11 @@ class BackgroundSender:
         return idle and self._tally["dropped_spool_error"] == dropped_before
 
     def close(self, timeout: float) -> None:
-        """Send or spool everything in memory within `timeout`, then stop the thread. Safe to call twice."""
+        """Send or spool everything in memory within `timeout`, then stop the thread. Safe to call twice:
+        a second call (the exit hook after SIGTERM's) spools the requests summed since the first."""
         with self._start_lock:
             if self._closed:
+                self._spool_late_requests()
                 return
             self._closed = True
         thread = self._thread
@@ -153,19 +155,33 @@ class BackgroundSender:
                 self._spool_what_is_in_memory()
                 return
         else:
-            self.requests_summed()  # never started (it starts on the first request): spool what is summed
+            self._spool_late_requests()  # never started (it starts on the first request): spool what is summed
         self._spool.close()
 
     def requests_summed(self) -> None:
-        """Requests were added to the table: the thread takes it once an interval; after close, spooled at once."""
+        """Requests were added to the table: the thread takes it once an interval; after close, see below."""
         if self._closed:
-            # A request finishing during a graceful shutdown, after the last take: as `submit` does.
-            texts = self._take_summaries()
-            if texts:
-                self._delivery.keep([batch_message(texts)])
-                self._delivery.lose_held()
+            # Requests finishing during a graceful shutdown, after the last take: still one summary per key
+            # and interval, spooled by the request thread once an interval and by the exit hook's close().
+            if time.monotonic() - self._last_summary >= self.settings.summary_interval_seconds:
+                self._spool_late_requests()
         elif self._thread is None:
             self.start()
+
+    def server_stopped(self, timeout: float) -> None:
+        """The web server answered its last request: send what was summed (flush), or spool it if closed."""
+        if self._closed:
+            self._spool_late_requests()
+        else:
+            self.flush(timeout)
+
+    def _spool_late_requests(self) -> None:
+        with self._state_lock:
+            self._last_summary = time.monotonic()
+            texts = self._take_summaries()
+        if texts:
+            self._delivery.keep([batch_message(texts)])
+            self._delivery.lose_held()
 
     def queued_events(self) -> int:
         """Events in memory: queued, waiting for their batch, or refused by the spool."""
