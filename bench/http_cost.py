@@ -336,13 +336,14 @@ def main() -> None:  # noqa: PLR0915 - one run, mode after mode
             run_mode(instrumentator, "instrumentator", {}, args)
             worker_before = worker_cpu_ticks(worker)
             run_mode(ours, "ours", ours_env, args)
-            # Requests that finish after SIGTERM closed the client go to its spool, for the next process
-            # (README): the next round's app sends them at start, the leftover of the last is resent below.
-            left_ours = (ours.client or {}).get("spool_events", 0)
-            drain_seconds = store.wait_counted(ours.served_total - left_ours, sum(counted_before.values()))
+            # Requests that finish after SIGTERM closed the client are spooled as summaries when the
+            # server's lifespan ends (README), for the next process: the next round's app sends them at
+            # start, the leftover of the last is resent below. Waiting stops when the count stops moving.
+            drain_seconds = store.wait_counted(ours.served_total, sum(counted_before.values()))
             worker_us += (worker_cpu_ticks(worker) - worker_before) * CLOCK_TICK_US
             run_mode(outage, "ours", outage_env, args)  # each round's app adopts the spool of the one before
         counted_ours = sum(store.counted().values()) - sum(counted_before.values())
+        left_ours = ours.served_total - round(counted_ours)  # in the last app's spool
         rows_after, row_bytes, relation_after = store.rows()
 
         spooled, spooled_messages = spool_bytes(outage_spool), spool_message_bytes(outage_spool)
@@ -381,8 +382,8 @@ def main() -> None:  # noqa: PLR0915 - one run, mode after mode
     print()
     print(f"ours, stored (kinds {kinds}); all it was sent counted {drain_seconds:.1f} s after the last app stopped:")
     print(
-        f"  served {ours.served_total}, counted {counted_ours:.0f}; {left_ours} events spooled after SIGTERM closed"
-        " the last client (requests still finishing), sent by the next process: see the end"
+        f"  served {ours.served_total}, counted {counted_ours:.0f}; {left_ours} requests answered after SIGTERM"
+        " closed the last client, spooled as summaries, sent by the next process: see the end"
     )
     print(f"  rows per 1,000 requests counted: {rows * per_k:,.1f}  ({rows} rows)")
     print(f"  bytes per 1,000 requests counted: {row_bytes * per_k:,.0f} (sum of pg_column_size, heap tuples only)")

@@ -1,7 +1,8 @@
 """The spool while the broker is away: does the sender keep up, and does memory stay bounded?
 
-A web process records `--rate` events a second (HTTP requests, as the
-middleware records them, with one panic request in ten) for `--seconds`, the
+A web process records `--rate` events a second (logins, one event each, with
+one panic request in ten; HTTP requests are summed in the process and spool
+only a summary per route and interval, bench/http_cost.py) for `--seconds`, the
 broker refused all along, after adopting an orphan spool of `--orphan-mb` MB
 left by a process that died in an earlier outage. Printed: events recorded,
 dropped for the memory queue (goal: 0) and for the spool's cap (only what
@@ -34,6 +35,7 @@ from tests.support.services import free_port
 
 HTTP = {"method": "GET", "endpoint": "/api/panics/{id}", "status": 200, "duration": 0.012}
 PANIC = {"service_type": "security", "status": "accepted", "zone": "bench", "firm_id": "firm-1", "response_time": 9.5}
+AUTH = {"user_type": "registered_user", "success": True}
 
 
 def rss_mb() -> float:
@@ -93,7 +95,7 @@ def record_at(client: Client, rate: int, seconds: float) -> tuple[int, float]:
         for _ in range(rate // 100):  # in 10 ms slices, as requests arrive
             recorded += 1
             if recorded % 10:
-                client.record_fields("http_request", HTTP)
+                client.record_fields("auth", AUTH)
             else:
                 client.record_fields("panic_request", PANIC)
         time.sleep(max(0.0, started + (recorded / rate) - time.perf_counter()))
