@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from queue import Empty
 from typing import Any
 
-from kombu import Connection
+from kombu import Connection, Queue
 
 from panic_metrics_client.messages import EVENTS_QUEUE
 from panic_metrics_client.transport import filesystem_options
@@ -76,3 +77,26 @@ def test_two_consumers_of_one_folder_take_each_message_once(tmp_path: Path) -> N
     assert publisher.wait(timeout=60) == 0
     assert len(received) == len(set(received)) == MESSAGES
     assert not list((folder / "queue").iterdir())
+
+
+def test_a_full_prefetch_window_takes_the_next_message_once_one_is_acknowledged(tmp_path: Path) -> None:
+    """Not a polling interval later: kombu slept it out, and the worker's children idled (acks_late)."""
+    polling_seconds = 5.0
+    options = {**filesystem_options(tmp_path / "broker"), "polling_interval": polling_seconds}
+    with Connection("filesystem://", transport_options=options) as connection:
+        producer = connection.Producer()
+        for number in range(2):
+            producer.publish({"number": number}, exchange="", routing_key=EVENTS_QUEUE)
+        received: list[Any] = []
+        consumer = connection.Consumer(
+            Queue(EVENTS_QUEUE), callbacks=[lambda _body, message: received.append(message)], accept=["json"]
+        )
+        consumer.qos(prefetch_count=1)
+        with consumer:
+            connection.drain_events(timeout=10)
+            threading.Timer(0.2, received[0].ack).start()  # as the pool's result handler acknowledges
+            started = time.monotonic()
+            connection.drain_events(timeout=10)
+            waited = time.monotonic() - started
+    assert [message.payload["number"] for message in received] == [0, 1]
+    assert waited < polling_seconds / 2

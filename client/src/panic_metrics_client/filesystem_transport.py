@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import uuid
 from collections import deque
 from pathlib import Path
@@ -38,15 +39,32 @@ from typing import Any, cast
 
 import kombu.transport
 from kombu.exceptions import ChannelError
-from kombu.transport import TRANSPORT_ALIASES, filesystem
+from kombu.transport import TRANSPORT_ALIASES, filesystem, virtual
 from kombu.utils.encoding import bytes_to_str, str_to_bytes
 from kombu.utils.json import dumps, loads
+from kombu.utils.scheduling import FairCycle
 
 MESSAGE_SUFFIX = ".msg"
 
 
+class QoS(virtual.QoS):
+    """kombu's prefetch window, which tells the transport when an acknowledgement frees a place in it."""
+
+    def ack(self, delivery_tag: str) -> None:
+        """Acknowledge the message (any thread: the pool's result handler does); a poll may take the next."""
+        super().ack(delivery_tag)
+        cast("Transport", self.channel.connection).window_moved.set()
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        """Reject (and maybe requeue) the message; its place is free."""
+        super().reject(delivery_tag, requeue=requeue)
+        cast("Transport", self.channel.connection).window_moved.set()
+
+
 class Channel(filesystem.Channel):
     """Puts each message whole (written aside, then renamed in); gets them from one listing of the folder."""
+
+    QoS = QoS
 
     # kombu's own signature, which its stubs already mark as overriding AbstractChannel's incompatibly.
     def _put(self, queue: str, payload: dict[str, Any], **kwargs: Any) -> None:  # type: ignore[override]  # noqa: ARG002
@@ -121,6 +139,35 @@ class Transport(filesystem.Transport):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.listing = Listing()
+        #: Set when a channel's prefetch window frees a place: the wait between two polls ends then.
+        self.window_moved = threading.Event()
+
+    # kombu's own signature, which its stubs already mark as overriding the base Transport's incompatibly.
+    def drain_events(self, connection: Any, timeout: float | None = None) -> None:  # type: ignore[override]  # noqa: ARG002
+        """Deliver one message; between unsuccessful polls wait the polling interval or until an ack frees a place.
+
+        kombu's own loop sleeps the whole interval after any unsuccessful
+        poll, also when the poll took nothing because the prefetch window was
+        full: with acks_late the children then finished the window's messages
+        and waited, idle, for the rest of the interval (the worker's main
+        thread slept 79% of the time with a backlog queued, issue 19).
+        """
+        started = monotonic()
+        cycle = cast("FairCycle", self.cycle)  # made in kombu's __init__
+        interval = self.polling_interval
+        if timeout and interval and interval > timeout:
+            interval = timeout
+        while True:
+            self.window_moved.clear()  # before the poll: an ack during it ends the wait at once
+            try:
+                cycle.get(self._deliver, timeout=timeout)
+            except Empty:
+                if timeout is not None and monotonic() - started >= timeout:
+                    raise TimeoutError from None
+                if interval is not None:
+                    self.window_moved.wait(interval)
+            else:
+                return
 
 
 def use_whole_message_filesystem_transport() -> None:
