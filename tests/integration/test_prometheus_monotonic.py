@@ -69,16 +69,24 @@ def test_no_series_ever_decreases_under_a_real_prometheus(
         sent = run_demo(rate=10, duration=15, seed=9)
 
         def rows(*, demo_calls_only: bool = False) -> int:
-            query = select(func.count()).select_from(MetricEvent).where(MetricEvent.stored_at >= started_at)
-            if demo_calls_only:
-                # The client also sums the demo's cache hits and misses in the process and sends
-                # them as gauge reports of its own (no websocket figure), one per sender cycle:
-                # how many depends on timing, so `sent` counts only the demo's own calls.
-                query = query.where(
-                    ~((MetricEvent.kind == "gauge_report") & MetricEvent.websocket_connections.is_(None))
-                )
+            since = MetricEvent.stored_at >= started_at
+            query = select(func.count()).select_from(MetricEvent).where(since)
+            if not demo_calls_only:
+                with pg_engine.connect() as connection:
+                    return int(connection.execute(query).scalar_one())
+            # The client also sums the demo's cache hits and misses in the process and sends
+            # them as gauge reports of its own (no websocket figure), one per sender cycle, and
+            # its HTTP requests as summaries per route and interval: how many rows depends on
+            # timing, so `sent` is matched by the demo's own calls, a summary by its requests.
+            calls = query.where(
+                ~((MetricEvent.kind == "gauge_report") & MetricEvent.websocket_connections.is_(None)),
+                MetricEvent.kind != "http_summary",
+            )
+            requests = select(func.coalesce(func.sum(MetricEvent.request_count), 0)).where(
+                since, MetricEvent.kind == "http_summary"
+            )
             with pg_engine.connect() as connection:
-                return int(connection.execute(query).scalar_one())
+                return int(connection.execute(calls).scalar_one()) + int(connection.execute(requests).scalar_one())
 
         wait_until(lambda: rows(demo_calls_only=True) == sent, timeout=120, what="every demo event stored")
         wait_until(
