@@ -6,6 +6,8 @@ import base64
 import json
 import logging
 import os
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -258,6 +260,52 @@ def test_a_dead_process_spool_is_adopted_in_order(tmp_path: Path) -> None:
     assert [s.message.task_id for s in heir.oldest(10)] == ["0", "1", "2", "3", "4"]
     assert len(list(tmp_path.glob("spool-*.sqlite3"))) == 1
     heir.close()
+
+
+def test_a_fork_waits_for_the_spool_call_in_progress_and_the_child_uses_sqlite(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """A fork while the sender is inside a spool call (SQLite) waits for it to end, so the child never
+    inherits SQLite's locks mid-call and hangs: before, a fork while the sender opened the spool did, 1 in ~150."""
+    folder = tmp_path / "broker"
+    client = on_filesystem(make_client, folder)
+    assert client.flush(timeout=30)
+    spool = client._spool
+    in_call, release = threading.Event(), threading.Event()
+
+    def a_long_spool_call() -> None:
+        with spool._lock:  # what every SQLite call of the spool holds
+            in_call.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=a_long_spool_call)
+    holder.start()
+    assert in_call.wait(5)
+    threading.Timer(0.5, release.set).start()
+    read, write = os.pipe()
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:  # the child: its own spool (SQLite) and sender work; exit without the parent's atexit
+        code = 1
+        try:
+            child_id = client.record_fields("auth", sample_payload("auth"))
+            ok = client.flush(timeout=30)
+            os.write(write, f"{child_id} {ok}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    waited = time.monotonic() - started
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    child_id, ok = os.read(read, 200).decode().split()
+    os.close(read)
+    holder.join(5)
+    assert waited >= 0.4  # the fork waited for the call in progress
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert ok == "True"
+    assert child_id in delivered_event_ids(folder)
+    assert client.record_fields("auth", sample_payload("auth")) is not None
+    assert client.flush(timeout=30)  # the parent's spool is usable again
 
 
 def test_a_forked_child_gets_a_working_sender(make_client: ClientFactory, tmp_path: Path) -> None:

@@ -83,5 +83,5 @@ def test_past_its_memory_bound_a_full_spool_disk_drops_the_oldest_and_flush_says
     breakable_redis.start()
     wait_until(lambda: client.stats()["queued"] == client.stats()["spool_events"] == 0, timeout=60, what="delivered")
     queued = queued_event_ids(breakable_redis)
-    assert sorted(queued) == sorted(ids[-len(queued) :])  # the newest were kept, the oldest dropped
+    assert sorted(queued) == sorted(ids[len(ids) - len(queued) :])  # the newest were kept, the oldest dropped
     assert len(queued) == 240 - client.stats()["dropped_spool_error"]

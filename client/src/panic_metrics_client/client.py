@@ -174,6 +174,14 @@ class Client:
             **metric_file_counts(),
         }
 
+    def before_fork(self) -> None:
+        """Before this process forks: no spool call in progress (the child would inherit SQLite's locks)."""
+        self._spool.hold_for_fork()
+
+    def after_fork_in_parent(self) -> None:
+        """After the fork, in the parent: the sender may use its spool again."""
+        self._spool.release_after_fork()
+
     def after_fork_in_child(self) -> None:
         """In a forked child: its own queue, thread, spool file and broker connection; the parent's stay its own."""
         self._spool.forget_after_fork()

@@ -19,6 +19,10 @@ class ProcessBound(Protocol):
 
     def after_fork_in_child(self) -> None: ...
 
+    def before_fork(self) -> None: ...
+
+    def after_fork_in_parent(self) -> None: ...
+
 
 _CLIENTS: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -56,6 +60,16 @@ class SigtermChain:
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _before_fork() -> None:
+    for client in list(_CLIENTS):
+        client.before_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for client in list(_CLIENTS):
+        client.after_fork_in_parent()
+
+
 def _after_fork() -> None:
     for client in list(_CLIENTS):
         client.after_fork_in_child()
@@ -66,5 +80,5 @@ def _close_all() -> None:
         client.close()
 
 
-os.register_at_fork(after_in_child=_after_fork)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork)
 atexit.register(_close_all)

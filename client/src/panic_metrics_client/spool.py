@@ -240,6 +240,16 @@ class Spool:
                 os.close(self._lock_file)
                 self._lock_file = None
 
+    def hold_for_fork(self) -> None:
+        """Before a fork: wait for this process's SQLite call in progress to end, and start none until
+        `release_after_fork`. A child forked inside one inherits SQLite's locks held by a thread it does
+        not have, and hangs at its own first use of SQLite (seen: a fork while the sender opened the spool)."""
+        self._lock.acquire()
+
+    def release_after_fork(self) -> None:
+        """In the parent, after a fork: the spool is usable again (the child has a lock of its own)."""
+        self._lock.release()
+
     def forget_after_fork(self) -> None:
         """In a forked child: the parent's file and lock stay the parent's; this child opens its own."""
         self._lock = threading.RLock()
