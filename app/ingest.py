@@ -239,9 +239,12 @@ def store_and_count(
     capped = counting.capped_labels(session, _label_caps(), raw)
     clock("labels")
     stored_at = counting.now()
+    children = counting.Children()
     for event, kind, labels in zip(new, kinds, capped, strict=True):
         moves = kind.moves(event, labels)
-        counting.count_stored(attempt.tally, event, moves, published_at=published_at, stored_at=stored_at)
+        counting.count_stored(
+            attempt.tally, event, moves, published_at=published_at, stored_at=stored_at, children=children
+        )
     for event in duplicates:
         counting.count_duplicate(attempt.tally, event.kind)
         log.info("duplicate event", extra={"event_id": str(event.event_id), "kind": event.kind})

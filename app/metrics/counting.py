@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy.orm import Session
@@ -49,6 +49,27 @@ class Move(NamedTuple):
     amount: float | Observations | None = 1.0
 
 
+class Children:
+    """The child of each series met while counting one message, looked up once.
+
+    prometheus_client's `labels()` checks and sorts the label names and
+    converts every value on each call; a message of a hundred events asks for
+    the same few series hundreds of times. Kept per message, not per process,
+    so it never holds a child the registry has since dropped.
+    """
+
+    def __init__(self) -> None:
+        self._found: dict[tuple[Any, ...], Any] = {}
+
+    def __call__(self, metric: Counter | Histogram | Gauge, labels: Labels) -> Any:
+        """`metric.labels(**labels)`, from the cache after the first time."""
+        key = (metric, *labels.items())
+        child = self._found.get(key)
+        if child is None:
+            child = self._found[key] = metric.labels(**labels)
+        return child
+
+
 def capped_labels(session: Session, caps: LabelCaps, raw: Sequence[Labels]) -> list[dict[str, str]]:
     """Each event's free-text label values (dimension -> value) capped, new ones admitted in sorted order."""
     capped = caps.cap_all(session, (item for labels in raw for item in labels.items()))
@@ -56,20 +77,30 @@ def capped_labels(session: Session, caps: LabelCaps, raw: Sequence[Labels]) -> l
 
 
 def count_stored(
-    tally: Tally, event: Event, moves: Sequence[Move], *, published_at: datetime | None, stored_at: datetime
+    tally: Tally,
+    event: Event,
+    moves: Sequence[Move],
+    *,
+    published_at: datetime | None,
+    stored_at: datetime,
+    children: Children | None = None,
 ) -> None:
-    """Tally one newly stored event: stored, its lag, and the `moves` its kind declares (app.kinds)."""
+    """Tally one newly stored event: stored, its lag, and the `moves` its kind declares (app.kinds).
+
+    `children`: the message's cache of series (one per message when counting many events).
+    """
+    child_of = children or Children()
     kind = event.kind
-    tally.inc(m.EVENTS_STORED.labels(kind=kind))
+    tally.inc(child_of(m.EVENTS_STORED, {"kind": kind}))
     lag = max(0.0, (stored_at - event.occurred_at).total_seconds())
-    tally.observe(m.EVENT_LAG.labels(kind=kind, since="occurred"), lag)
+    tally.observe(child_of(m.EVENT_LAG, {"kind": kind, "since": "occurred"}), lag)
     if published_at is not None:
         lag = max(0.0, (stored_at - published_at).total_seconds())
-        tally.observe(m.EVENT_LAG.labels(kind=kind, since="published"), lag)
+        tally.observe(child_of(m.EVENT_LAG, {"kind": kind, "since": "published"}), lag)
     for metric, labels, amount in moves:
         if amount is None:
             continue
-        child = metric.labels(**labels)
+        child = child_of(metric, labels)
         if isinstance(amount, Observations):
             tally.observe_many(child, amount.buckets, amount.exact_sum)
         elif isinstance(metric, Counter):

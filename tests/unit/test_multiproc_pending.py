@@ -99,7 +99,11 @@ def test_dead_child_waits_unmerged_until_its_record_can_be_settled(tmp_path: Pat
     assert credits(tmp_path) == (0.1 + 0.2) + 0.3
 
 
-amounts = st.lists(st.floats(min_value=0, max_value=1e9, allow_nan=False, allow_infinity=False), max_size=20)
+# The buckets' own bounds too: an amount equal to a bound belongs to that bucket.
+amounts = st.lists(
+    st.sampled_from([0.0, 1.0, 1e6]) | st.floats(min_value=0, max_value=1e9, allow_nan=False, allow_infinity=False),
+    max_size=20,
+)
 
 
 @settings(max_examples=100, deadline=None)
