@@ -20,7 +20,7 @@ from types import SimpleNamespace
 from unittest import mock
 
 import prometheus_client.metrics
-from prometheus_client import Counter, Gauge, Histogram, Summary, values
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary, values
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
@@ -216,3 +216,20 @@ def run_real_children(directory: Path, count: int) -> list[int]:
         assert proc.wait(timeout=60) == 0
         pids.append(proc.pid)
     return pids
+
+
+class _ReadOnce:
+    """A collector answering with what the multiprocess directory held when it was made."""
+
+    def __init__(self) -> None:
+        self._metrics = list(MultiProcessCollector(None).collect())
+
+    def collect(self) -> Iterable[Metric]:
+        return self._metrics
+
+
+def scrape() -> CollectorRegistry:
+    """A fresh registry over PROMETHEUS_MULTIPROC_DIR, read once: what a scrape would see now."""
+    registry = CollectorRegistry()
+    registry.register(_ReadOnce())
+    return registry

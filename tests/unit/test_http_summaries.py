@@ -15,16 +15,13 @@ import shutil
 import tempfile
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import Metric
-from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -34,6 +31,7 @@ from app.ingest import ingest, reset_label_caps
 from panic_metrics_client.events import HTTP_DURATION_BUCKETS, HttpSummaryEvent
 from panic_metrics_client.http_summaries import HttpSummaries
 from tests.support.db import committing_factory, rolled_back_session
+from tests.unit.multiproc_helpers import scrape
 
 METHODS = ("GET", "POST", "DELETE")
 ROUTES = ("/", "/api/v1/panic", "/api/v1/panic/{request_id}", "/users/{user_id}/credits", "/api/v1/zones")
@@ -59,21 +57,6 @@ def fresh_label_caps() -> Iterator[None]:
     reset_label_caps()
     yield
     reset_label_caps()
-
-
-class _ReadOnce:
-    def __init__(self) -> None:
-        self._metrics = list(MultiProcessCollector(None).collect())
-
-    def collect(self) -> Iterable[Metric]:
-        return self._metrics
-
-
-def scrape() -> CollectorRegistry:
-    """What a scrape of PROMETHEUS_MULTIPROC_DIR would see now."""
-    registry = CollectorRegistry()
-    registry.register(_ReadOnce())
-    return registry
 
 
 def through_json(event: HttpSummaryEvent) -> dict[str, Any]:

@@ -15,8 +15,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import Metric
-from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -36,6 +34,7 @@ from app.ingest import (
 from tests.support.db import committing_factory
 from tests.support.disk import SmallTmpfs, small_tmpfs
 from tests.support.payloads import KINDS, malformed_payload, sample_payload, valid_payload
+from tests.unit.multiproc_helpers import scrape
 
 SessionFactory = Callable[[], AbstractContextManager[Session]]
 # A payload this test knows to be invalid, and why.
@@ -55,23 +54,6 @@ def fresh_label_caps() -> Iterator[None]:
 def tag() -> str:
     """A label value of this test alone (zone, user type, plan, ...), so its series stand apart."""
     return f"t{uuid.uuid4().hex[:10]}"
-
-
-class _ReadOnce:
-    """A collector answering with what the multiprocess directory held when it was made."""
-
-    def __init__(self) -> None:
-        self._metrics = list(MultiProcessCollector(None).collect())
-
-    def collect(self) -> Iterable[Metric]:
-        return self._metrics
-
-
-def scrape() -> CollectorRegistry:
-    """A fresh registry over PROMETHEUS_MULTIPROC_DIR, read once: what a scrape would see now."""
-    registry = CollectorRegistry()
-    registry.register(_ReadOnce())
-    return registry
 
 
 def delta(before: CollectorRegistry, after: CollectorRegistry, name: str, **labels: str) -> float:
