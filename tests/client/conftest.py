@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -17,6 +18,28 @@ from tests.integration.conftest import start_worker, unique  # noqa: F401 - fixt
 from tests.support.services import RedisServer
 
 ClientFactory = Callable[..., Client]
+
+
+def in_a_forked_child(body: Callable[[], str]) -> str:
+    """Run `body` in a forked child (a pre-forking server's worker) and return the text it returned.
+
+    The child exits without running the parent's atexit hooks, and must exit 0.
+    """
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.write(write, body().encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    text = os.read(read, 1000).decode()
+    os.close(read)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return text
 
 
 def stored_count(engine: Engine, ids: Sequence[uuid.UUID | str]) -> int:

@@ -21,7 +21,7 @@ from panic_metrics_client.batching import BURST_OVER, HIGH_RATE_KINDS
 from panic_metrics_client.messages import BATCH_TASK, TASK_OF_KIND, Message, batch_message, event_json, kind_of
 from panic_metrics_client.parsing import parse_event
 from panic_metrics_client.spool import Spool
-from tests.client.conftest import ClientFactory
+from tests.client.conftest import ClientFactory, in_a_forked_child
 from tests.support.payloads import KINDS, RULES, sample_payload, valid_payload
 
 
@@ -282,26 +282,16 @@ def test_a_fork_waits_for_the_spool_call_in_progress_and_the_child_uses_sqlite(
     holder.start()
     assert in_call.wait(5)
     threading.Timer(0.5, release.set).start()
-    read, write = os.pipe()
+
+    def child() -> str:  # its own spool (SQLite) and sender work; the monotonic clock is the machine's
+        began = time.monotonic()
+        child_id = client.record_fields("auth", sample_payload("auth"))
+        return f"{began} {child_id} {client.flush(timeout=30)}"
+
     started = time.monotonic()
-    pid = os.fork()
-    if pid == 0:  # the child: its own spool (SQLite) and sender work; exit without the parent's atexit
-        code = 1
-        try:
-            child_id = client.record_fields("auth", sample_payload("auth"))
-            ok = client.flush(timeout=30)
-            os.write(write, f"{child_id} {ok}".encode())
-            code = 0
-        finally:
-            os._exit(code)
-    waited = time.monotonic() - started
-    os.close(write)
-    _, status = os.waitpid(pid, 0)
-    child_id, ok = os.read(read, 200).decode().split()
-    os.close(read)
+    began, child_id, ok = in_a_forked_child(child).split()
     holder.join(5)
-    assert waited >= 0.4  # the fork waited for the call in progress
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert float(began) - started >= 0.4  # the fork waited for the call in progress
     assert ok == "True"
     assert child_id in delivered_event_ids(folder)
     assert client.record_fields("auth", sample_payload("auth")) is not None
@@ -314,21 +304,11 @@ def test_a_forked_child_gets_a_working_sender(make_client: ClientFactory, tmp_pa
     client = on_filesystem(make_client, folder)
     parent_id = client.record_fields("auth", sample_payload("auth"))
     assert client.flush(timeout=30)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: record, flush, report, exit without running the parent's atexit
-        code = 1
-        try:
-            child_id = client.record_fields("auth", sample_payload("auth"))
-            ok = client.flush(timeout=30)
-            os.write(write, f"{child_id} {ok}".encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    _, status = os.waitpid(pid, 0)
-    child_id, ok = os.read(read, 200).decode().split()
-    os.close(read)
-    assert os.waitstatus_to_exitcode(status) == 0
+
+    def child() -> str:
+        child_id = client.record_fields("auth", sample_payload("auth"))
+        return f"{child_id} {client.flush(timeout=30)}"
+
+    child_id, ok = in_a_forked_child(child).split()
     assert ok == "True"
     assert sorted(delivered_event_ids(folder)) == sorted([str(parent_id), child_id])

@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import logging
 import math
-import os
 import threading
 import time
 from collections import Counter
@@ -29,7 +28,7 @@ from panic_metrics_client import (
 )
 from panic_metrics_client.events import HTTP_DURATION_BUCKETS, MAX_DURATION_SECONDS
 from panic_metrics_client.messages import BATCH_TASK
-from tests.client.conftest import ClientFactory
+from tests.client.conftest import ClientFactory, in_a_forked_child
 from tests.client.test_client import delivered, on_filesystem
 from tests.support.services import wait_until
 
@@ -168,30 +167,17 @@ def test_a_forked_child_does_not_resend_the_parents_table(make_client: ClientFac
     """After fork the child's table starts empty: each request is sent once, by the process that served it."""
     folder = tmp_path / "broker"
     client = on_filesystem(make_client, folder, summary_interval_seconds=3600)
-    # The sender started and idle at the fork (as in test_client's fork test): a fork while its thread
-    # is still opening the spool could copy a lock SQLite holds into the child.
-    assert client.flush(timeout=30)
+    assert client.flush(timeout=30)  # the sender started and idle at the fork
     for _ in range(5):
         client.record_http_request(method="GET", endpoint="/api/v1/zones", status=200, duration=0.01)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: its own requests, flush, report, exit without the parent's atexit
-        code = 1
-        try:
-            pending = client.stats()["http_requests_pending"]
-            for _ in range(3):
-                client.record_http_request(method="GET", endpoint="/api/v1/zones", status=200, duration=0.01)
-            ok = client.flush(timeout=30)
-            os.write(write, f"{pending} {ok}".encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    _, status = os.waitpid(pid, 0)
-    pending, ok = os.read(read, 200).decode().split()
-    os.close(read)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert (pending, ok) == ("0", "True")
+
+    def child() -> str:  # its own requests
+        pending = client.stats()["http_requests_pending"]
+        for _ in range(3):
+            client.record_http_request(method="GET", endpoint="/api/v1/zones", status=200, duration=0.01)
+        return f"{pending} {client.flush(timeout=30)}"
+
+    assert in_a_forked_child(child).split() == ["0", "True"]
     assert client.flush(timeout=30)
     assert sorted(s["count"] for s in events_of(folder, "http_summary")) == [3, 5]
 
