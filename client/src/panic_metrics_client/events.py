@@ -26,6 +26,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -276,6 +277,15 @@ class HttpSummaryEvent(Event):
         Field(min_length=1, max_length=MAX_SUM_PARTIALS),
     ]
 
+    @field_validator("interval_start")
+    @classmethod
+    def _not_after_the_end(cls, value: datetime, info: ValidationInfo) -> datetime:
+        # occurred_at (a field of Event) is validated first; absent from `info.data` when it was refused.
+        end = info.data.get("occurred_at")
+        if end is not None and value > end:
+            raise PydanticCustomError("interval", "interval_start must not be after occurred_at")
+        return value
+
     @field_validator("duration_sum")
     @classmethod
     def _a_duration(cls, value: list[float]) -> list[float]:
@@ -298,8 +308,6 @@ class HttpSummaryEvent(Event):
                 "duration_sum {total} is outside what the bucket counts allow [{low}, {high}]",
                 {"total": total, "low": low, "high": high},
             )
-        if self.interval_start > self.occurred_at:
-            raise PydanticCustomError("interval", "interval_start must not be after occurred_at")
         return self
 
     @property
